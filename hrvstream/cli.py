@@ -1,0 +1,276 @@
+"""The ``hrvstream`` command: the one place that parses arguments and configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from hrvstream import __version__
+from hrvstream.errors import ConfigError, HrvStreamError
+
+log = logging.getLogger("hrvstream")
+
+OUTPUT_FORMATS = ("csv", "json")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"1.5h"`` or ``"2d"``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    factor = 1.0
+    if t and t[-1] in units:
+        factor = units[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t) * factor
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not a duration: use seconds or a number with s, m, h or d (e.g. 15m)"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{text!r}: a duration must be positive")
+    return value
+
+
+def _step(text: str) -> float | None:
+    if text.strip().lower() == "beat":
+        return None
+    return parse_duration(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from hrvstream.recordings.readers import FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog="hrvstream",
+        description="Heart rate variability from chest straps to the clinic.",
+    )
+    parser.add_argument("--version", action="version", version=f"hrvstream {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser(
+        "analyze",
+        help="HRV metrics of a whole recording over sliding windows",
+        description=(
+            "Compute HRV over sliding windows of a recording: one row per window "
+            "(or per beat with --per-beat). Input formats are detected automatically: "
+            + ", ".join(FORMATS)
+            + "."
+        ),
+    )
+    a.add_argument("input", help="recording file ('-' reads one RR per line from stdin)")
+    a.add_argument("--window", default="300", help="window length (default 300 s; 5m works)")
+    a.add_argument(
+        "--step",
+        default="5",
+        help="seconds between window ends, or 'beat' for a window at every beat (default 5)",
+    )
+    a.add_argument(
+        "--no-correct", action="store_true", help="compute on the raw intervals (no correction)"
+    )
+    a.add_argument(
+        "--per-beat",
+        action="store_true",
+        help="one row per input beat: t_s,rr_ms,artifact,nn_ms",
+    )
+    a.add_argument(
+        "--format",
+        action="append",
+        default=[],
+        metavar="FMT",
+        help=(
+            "output format csv (default) or json (JSON Lines); an input format name "
+            f"({', '.join(FORMATS)}) forces the input format. May be given twice."
+        ),
+    )
+    a.add_argument("--input-format", choices=FORMATS, help="force the input format")
+    a.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak sample-index files")
+    a.add_argument(
+        "--lenient", action="store_true", help="skip malformed lines and report how many"
+    )
+    a.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
+    a.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    s = sub.add_parser(
+        "simulate",
+        help="write a simulated RR session (one RR in ms per line)",
+        description=(
+            "Simulate a realistic RR-interval session with respiratory (HF) and Mayer-wave "
+            "(LF) modulation, optional stress episodes, exercise and artifacts."
+        ),
+    )
+    s.add_argument("--duration", default="10m", help="session length (default 10m)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--hr", type=float, default=65.0, help="resting heart rate, bpm (default 65)")
+    s.add_argument(
+        "--stress",
+        action="append",
+        default=[],
+        metavar="START[:DURATION]",
+        help="a stress episode, e.g. 20m:10m (repeatable)",
+    )
+    s.add_argument(
+        "--exercise",
+        action="append",
+        default=[],
+        metavar="START:DURATION",
+        help="an exercise bout, e.g. 40m:15m (repeatable)",
+    )
+    s.add_argument("--ectopic-rate", type=float, default=0.0, help="ectopic beats per beat")
+    s.add_argument("--missed-rate", type=float, default=0.0, help="missed beats per beat")
+    s.add_argument("--extra-rate", type=float, default=0.0, help="extra beats per beat")
+    s.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from hrvstream.hrv.engine import AnalysisConfig, analyze
+    from hrvstream.output import ProgressBar, write_beats, write_windows
+    from hrvstream.recordings.readers import FORMATS, parse_rr_text, read_recording
+
+    out_format = "csv"
+    in_format: str | None = args.input_format
+    for f in args.format:
+        if f in OUTPUT_FORMATS:
+            out_format = f
+        elif f in FORMATS:
+            in_format = f
+        else:
+            raise ConfigError(
+                f"--format {f!r}: use csv or json for the output, or an input format: "
+                + ", ".join(FORMATS)
+            )
+    window = parse_duration(args.window)
+    step = _step(args.step)
+    progress = ProgressBar.for_stream(sys.stderr, enabled=not args.no_progress)
+    progress.stage("reading")
+    if args.input == "-":
+        series = parse_rr_text(sys.stdin, source="<stdin>", unit="auto", lenient=args.lenient)
+    else:
+        series = read_recording(args.input, format=in_format, fs=args.fs, lenient=args.lenient)
+    for note in series.notes:
+        log.warning("%s: %s", series.source, note)
+    config = AnalysisConfig(window_s=window, step_s=step, correct=not args.no_correct)
+    progress.stage("analysing")
+    result = analyze(series, config, progress=progress.update)
+    progress.stage("writing")
+    with _open_output(args.output) as fh:
+        if args.per_beat:
+            write_beats(result.beats, fh, out_format)
+        else:
+            write_windows(result.windows, fh, out_format)
+    progress.done()
+    if series.skipped_lines:
+        print(
+            f"hrvstream: {series.source}: skipped {series.skipped_lines} malformed "
+            f"line{'s' if series.skipped_lines != 1 else ''} (--lenient)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from hrvstream.simulate import (
+        ArtifactSpec,
+        ExerciseBout,
+        SessionConfig,
+        parse_stress_spec,
+        simulate_session,
+    )
+
+    stress = tuple(parse_stress_spec(x) for x in args.stress)
+    exercise = []
+    for x in args.exercise:
+        ep = parse_stress_spec(x)
+        exercise.append(ExerciseBout(start_s=ep.start_s, duration_s=ep.duration_s))
+    for name in ("ectopic_rate", "missed_rate", "extra_rate"):
+        v = getattr(args, name)
+        if not (0.0 <= v < 0.5):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {v}: use a probability per beat, 0 to 0.5"
+            )
+    config = SessionConfig(
+        duration_s=parse_duration(args.duration),
+        seed=args.seed,
+        mean_hr_bpm=args.hr,
+        stress=stress,
+        exercise=tuple(exercise),
+        artifacts=ArtifactSpec(
+            ectopic_rate=args.ectopic_rate,
+            missed_rate=args.missed_rate,
+            extra_rate=args.extra_rate,
+        ),
+    )
+    session = simulate_session(config)
+    with _open_output(args.output) as fh:
+        for v in session.series.rr_ms:
+            fh.write(f"{v:.3f}\n")
+    if args.output != "-":
+        print(
+            f"hrvstream: wrote {len(session.series)} RR intervals "
+            f"({session.series.duration_s / 60:.1f} min) to {args.output}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+@contextlib.contextmanager
+def _open_output(target: str) -> Iterator[TextIO]:
+    """stdout for ``-``, else the file; write errors become a clear message."""
+    if target == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        fh = Path(target).open("w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise HrvStreamError(f"cannot write {target}: {exc.strerror}") from exc
+    try:
+        with fh:
+            yield fh
+    except OSError as exc:
+        raise HrvStreamError(f"cannot write {target}: {exc.strerror}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hrvstream`` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    handlers = {"analyze": _cmd_analyze, "simulate": _cmd_simulate}
+    try:
+        return handlers[args.command](args)
+    except HrvStreamError as exc:
+        print(f"hrvstream: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); that is not an error.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("hrvstream: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"hrvstream: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
