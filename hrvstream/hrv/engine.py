@@ -36,7 +36,7 @@ from hrvstream.hrv.artifacts import (
     correct_artifacts,
     detect_artifacts,
 )
-from hrvstream.hrv.frequency import FrequencyConfig, band_powers, band_powers_exact
+from hrvstream.hrv.frequency import FrequencyConfig, band_powers
 from hrvstream.hrv.time_domain import WindowSums, finish, segment_sums, window_sums
 from hrvstream.recordings.model import RRSeries
 
@@ -63,6 +63,8 @@ WINDOW_COLUMNS: tuple[str, ...] = (
 
 #: Column order of per-beat rows (``analyze --per-beat``).
 BEAT_COLUMNS: tuple[str, ...] = ("t_s", "rr_ms", "artifact", "nn_ms")
+
+_ZERO = np.zeros(1, dtype=np.intp)
 
 #: A beat whose time is more than this beyond the previous beat plus its RR starts a gap.
 GAP_TOLERANCE_MS = 10.0
@@ -466,7 +468,8 @@ class StreamingAnalyzer:
         if coverage >= cfg.min_coverage_freq and self._n >= 3:
             x = np.fromiter((v.t_s for v in self._nn), dtype=np.float64, count=self._n)
             y = np.fromiter((v.nn_ms for v in self._nn), dtype=np.float64, count=self._n)
-            lf, hf = band_powers_exact(x, y, cfg.frequency)
+            bp = band_powers(x, y, _ZERO, np.array([self._n], dtype=np.intp), cfg.frequency)
+            lf, hf = float(bp.lf_ms2[0]), float(bp.hf_ms2[0])
         table = _assemble(
             np.array([end]),
             np.array([self._n], dtype=np.intp),

@@ -17,14 +17,13 @@ uses, reproduced to floating-point precision so results can be compared number f
    for LF (0.04-0.15 Hz) and HF (0.15-0.4 Hz), in ms^2. LF/HF is their ratio; normalised
    units are ``100 * LF / (LF + HF)`` and ``100 * HF / (LF + HF)``.
 
-Speed comes from doing every window of a recording in one pass: the spline of a window
-equals the spline of the whole recording except within a few knots of the window's two
-ends (the influence of a boundary condition on a quadratic spline decays geometrically,
-by about 0.17 per knot for regular beats), so one banded solve over the whole recording
-plus two small batched solves per window (:data:`EDGE_KNOTS` coefficients at each end,
-enough for the decay to reach float64 round-off) give every window's exact spline. The
-grid values of all windows are evaluated as piecewise polynomials in one flat array, and
-the Welch segments of all windows of the same length go through one batched real FFT.
+Speed comes from doing every window of a recording in one pass: a compiled kernel
+(numba, parallel over windows) solves each window's tridiagonal spline system, evaluates
+the spline on the window's grid, removes the mean and writes the Hann-weighted Welch
+segments straight into one buffer, and all windows of the same grid length go through
+one batched real FFT. neurokit2's FFT length (twice the segment length) is often twice a
+prime; the band powers are computed exactly from an FFT of a fast length instead (see
+:func:`_smooth_weights`).
 
 References
 ----------
@@ -43,9 +42,11 @@ de Boor, C. (1978). A Practical Guide to Splines. Springer (chapter XIII, not-a-
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
@@ -55,13 +56,8 @@ import scipy.signal
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
-#: Spline coefficients re-solved exactly at each end of a window; beyond them the
-#: whole-recording spline is used. 0.17**32 is far below float64 round-off; irregular
-#: beats decay more slowly, and tests compare against a per-window exact solve.
-EDGE_KNOTS = 32
-
-#: Windows are processed in chunks of this many grid samples to bound memory.
-_CHUNK_SAMPLES = 4_000_000
+#: Windows are processed in chunks of about this many FFT input samples (bounded memory).
+_CHUNK_SAMPLES = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,212 +95,210 @@ def grid_length(first_t_s: FloatArray, last_t_s: FloatArray, fs: float) -> IntAr
     return n.astype(np.intp)
 
 
-# --------------------------------------------------------------------------- spline
+# --------------------------------------------------------------------------- kernel
 
 
-def _knots(x: FloatArray, mid: FloatArray, s: IntArray, e: IntArray, k: IntArray) -> FloatArray:
-    """Knot ``k`` of the not-a-knot quadratic spline of beats ``x[s:e]`` (vectorised).
+@numba.njit(inline="always", cache=True)  # type: ignore[misc]
+def _knot(x: FloatArray, s: int, n: int, k: int) -> float:
+    """Knot ``k`` of the not-a-knot quadratic spline through beats ``x[s:s+n]``.
 
-    Knots 0..2 are ``x[s]``, knots ``n..n+2`` are ``x[e-1]`` and knot ``k`` in between is
-    the midpoint ``mid[s + k - 2]`` of beats ``s+k-2`` and ``s+k-1``.
+    Knots 0..2 are the first beat, knots ``n..n+2`` the last one, and knot ``k`` in
+    between is the midpoint of beats ``k-2`` and ``k-1`` (scipy's ``_not_a_knot`` for
+    even degree: Greville sites without the second and second-to-last).
     """
-    n = e - s
-    inner = mid[np.clip(s + k - 2, 0, len(mid) - 1)]
-    return np.where(k <= 2, x[s], np.where(k >= n, x[e - 1], inner))
+    if k <= 2:
+        return float(x[s])
+    if k >= n:
+        return float(x[s + n - 1])
+    return float((x[s + k - 2] + x[s + k - 1]) / 2.0)
 
 
-def _rows(
-    x: FloatArray, y: FloatArray, mid: FloatArray, s: IntArray, e: IntArray, i: IntArray
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Collocation row ``i`` of each window's spline: ``a c[i-1] + b c[i] + c c[i+1] = d``."""
-    n = e - s
-    u = x[np.clip(s + i, 0, len(x) - 1)]
-    edge = (i <= 0) | (i >= n - 1)
-    ii = np.where(edge, 1, i)
-    tl1 = _knots(x, mid, s, e, ii)
-    tl = _knots(x, mid, s, e, ii + 1)
-    tr = _knots(x, mid, s, e, ii + 2)
-    tr2 = _knots(x, mid, s, e, ii + 3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b1a = (tr - u) / (tr - tl)
-        b1b = (u - tl) / (tr - tl)
-        a = (tr - u) / (tr - tl1) * b1a
-        b = (u - tl1) / (tr - tl1) * b1a + (tr2 - u) / (tr2 - tl) * b1b
-        c = (u - tl) / (tr2 - tl) * b1b
-    a = np.where(edge, 0.0, a)
-    b = np.where(edge, 1.0, b)
-    c = np.where(edge, 0.0, c)
-    d = y[np.clip(s + i, 0, len(y) - 1)]
-    return a, b, c, d
+@numba.njit(inline="always", cache=True)  # type: ignore[misc]
+def _row(tl1: float, tl: float, tr: float, tr2: float, u: float) -> tuple[float, float, float]:
+    """Collocation row at ``u`` in knot interval ``[tl, tr)``: B-spline values (a, b, c)."""
+    ih = 1.0 / (tr - tl)
+    b1a = (tr - u) * ih
+    b1b = (u - tl) * ih
+    i1 = 1.0 / (tr - tl1)
+    i2 = 1.0 / (tr2 - tl)
+    a = (tr - u) * i1 * b1a
+    b = (u - tl1) * i1 * b1a + (tr2 - u) * i2 * b1b
+    c = (u - tl) * i2 * b1b
+    return a, b, c
 
 
-def _thomas(a: FloatArray, b: FloatArray, c: FloatArray, d: FloatArray) -> FloatArray:
-    """Solve many tridiagonal systems at once; arrays are (systems, size)."""
-    m = a.shape[1]
-    cp = np.empty_like(c)
-    dp = np.empty_like(d)
-    cp[:, 0] = c[:, 0] / b[:, 0]
-    dp[:, 0] = d[:, 0] / b[:, 0]
-    for i in range(1, m):
-        den = b[:, i] - a[:, i] * cp[:, i - 1]
-        cp[:, i] = c[:, i] / den
-        dp[:, i] = (d[:, i] - a[:, i] * dp[:, i - 1]) / den
-    out = np.empty_like(d)
-    out[:, m - 1] = dp[:, m - 1]
-    for i in range(m - 2, -1, -1):
-        out[:, i] = dp[:, i] - cp[:, i] * out[:, i + 1]
-    return out
-
-
-def _solve_block(
-    x: FloatArray,
-    y: FloatArray,
-    mid: FloatArray,
-    glob: FloatArray | None,
-    s: IntArray,
-    e: IntArray,
-    i0: IntArray,
-    m: int,
-) -> FloatArray:
-    """Coefficients ``i0 .. i0+m-1`` of each window's spline.
-
-    Coefficients just outside the block (``i0 - 1`` and ``i0 + m``), where they exist, are
-    taken from the whole-recording spline ``glob``.
-    """
-    i = i0[:, None] + np.arange(m)[None, :]
-    ss, ee = s[:, None], e[:, None]
-    a, b, c, d = _rows(x, y, mid, ss, ee, i)
-    if glob is not None:
-        left = i0 - 1
-        has_left = left >= 0
-        d[:, 0] -= np.where(has_left, a[:, 0] * glob[np.clip(s + left, 0, None)], 0.0)
-        right = i0 + m
-        has_right = right <= (e - s - 1)
-        d[:, -1] -= np.where(has_right, c[:, -1] * glob[np.clip(s + right, 0, len(glob) - 1)], 0.0)
-    a[:, 0] = 0.0
-    c[:, -1] = 0.0
-    return _thomas(a, b, c, d)
-
-
-def window_spline_coefficients(
-    x: FloatArray, y: FloatArray, starts: IntArray, ends: IntArray
-) -> tuple[FloatArray, IntArray]:
-    """B-spline coefficients of every window's not-a-knot quadratic spline, concatenated.
-
-    Parameters
-    ----------
-    x, y:
-        Beat times (s, strictly increasing) and NN intervals (ms) of the whole recording.
-    starts, ends:
-        Window ``w`` holds beats ``starts[w]:ends[w]``; every window needs at least 3.
-
-    Returns
-    -------
-    coef, offsets:
-        Window ``w``'s coefficients are ``coef[offsets[w]:offsets[w] + n_w]``.
-    """
-    n = ends - starts
-    if np.any(n < 3):
-        raise ValueError("every window needs at least 3 beats for a quadratic spline")
-    mid = (x[1:] + x[:-1]) / 2.0
-    offsets = np.zeros(len(n), dtype=np.intp)
-    np.cumsum(n[:-1], out=offsets[1:])
-    total = int(n.sum())
-    w_of = np.repeat(np.arange(len(n)), n)
-    local = np.arange(total) - offsets[w_of]
-    glob: FloatArray = scipy.interpolate.make_interp_spline(x, y, k=2).c
-    big = n >= 2 * EDGE_KNOTS + 2
-    coef = np.empty(total)
-    if big.any():
-        coef[:] = glob[starts[w_of] + local]
-        sb, eb = starts[big], ends[big]
-        k = EDGE_KNOTS
-        left = _solve_block(x, y, mid, glob, sb, eb, np.zeros(len(sb), np.intp), k)
-        right = _solve_block(x, y, mid, glob, sb, eb, (eb - sb) - k, k)
-        ob = offsets[big]
-        coef[ob[:, None] + np.arange(k)[None, :]] = left
-        coef[(ob + (eb - sb) - k)[:, None] + np.arange(k)[None, :]] = right
-    for size in np.unique(n[~big]):
-        sel = np.flatnonzero((n == size) & ~big)
-        sol = _solve_block(
-            x, y, mid, None, starts[sel], ends[sel], np.zeros(len(sel), np.intp), int(size)
-        )
-        coef[offsets[sel][:, None] + np.arange(size)[None, :]] = sol
-    return coef, offsets
-
-
-def interpolate_windows(
-    x: FloatArray, y: FloatArray, starts: IntArray, ends: IntArray, fs: float
-) -> tuple[FloatArray, IntArray, IntArray]:
-    """Every window's tachogram on its regular grid, concatenated.
-
-    Returns
-    -------
-    values, offsets, lengths:
-        Window ``w``'s grid values are ``values[offsets[w]:offsets[w] + lengths[w]]``.
-    """
-    n = ends - starts
-    coef, coff = window_spline_coefficients(x, y, starts, ends)
-    mid = (x[1:] + x[:-1]) / 2.0
-    step = 1.0 / fs
-    x0 = x[starts]
-    xl = x[ends - 1]
-    lengths = grid_length(x0, xl, fs)
-
-    # Pieces per window: intervals l = 2..n-1 of the knot vector, then one "fill" piece
-    # for grid points past the last beat.
-    npieces = n - 1
-    poff = np.zeros(len(n), dtype=np.intp)
-    np.cumsum(npieces[:-1], out=poff[1:])
-    ptotal = int(npieces.sum())
-    pw = np.repeat(np.arange(len(n)), npieces)
-    j = np.arange(ptotal) - poff[pw]
-    s, e = starts[pw], ends[pw]
-    is_fill = j == npieces[pw] - 1
-    li = np.where(is_fill, 2, j + 2)  # knot interval index (fill pieces: any valid one)
-    tl1 = _knots(x, mid, s, e, li - 1)
-    tl = _knots(x, mid, s, e, li)
-    tr = _knots(x, mid, s, e, li + 1)
-    tr2 = _knots(x, mid, s, e, li + 2)
-    cbase = coff[pw] + li - 2
-    c0 = coef[cbase]
-    c1 = coef[cbase + 1]
-    c2 = coef[np.minimum(cbase + 2, len(coef) - 1)]
-    h = tr - tl
+@numba.njit(inline="always", cache=True)  # type: ignore[misc]
+def _piece(
+    tl1: float, tl: float, tr: float, tr2: float
+) -> tuple[float, float, float, float, float, float, float]:
+    """How a piece's polynomial ``p0 + d p1 + d^2 p2`` (``d = u - tl``) depends on its
+    three B-spline coefficients: ``p0 = k00 c0 + k01 c1``, ``p1 = k10 c0 + k11 c1``,
+    ``p2 = k20 c0 + k21 c1 + k22 c2``."""
+    hh = tr - tl
     g = tl - tl1
     q = tr2 - tl
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d1 = (tr - tl1) * h
-        d2 = q * h
-        p0 = c0 * h * h / d1 + c1 * g * h / d1
-        p1 = -2.0 * c0 * h / d1 + c1 * ((h - g) / d1 + q / d2)
-        p2 = c0 / d1 - c1 * (1.0 / d1 + 1.0 / d2) + c2 / d2
-    p0 = np.where(is_fill, y[e - 1], p0)
-    p1 = np.where(is_fill, 0.0, p1)
-    p2 = np.where(is_fill, 0.0, p2)
-    tl = np.where(is_fill, xl[pw], tl)
+    i1 = 1.0 / ((tr - tl1) * hh)
+    i2 = 1.0 / (q * hh)
+    return (hh * hh * i1, g * hh * i1, -2.0 * hh * i1, (hh - g) * i1 + q * i2, i1, -(i1 + i2), i2)
 
-    # First grid index of each piece: the first k with x0 + k*step >= knot (the fill piece
-    # starts at the first k with x0 + k*step > last beat).
-    first = np.ceil((tl - x0[pw]) / step)
-    first = np.where(is_fill, np.floor((xl[pw] - x0[pw]) / step) + 1, first)
-    first = np.where(j == 0, 0.0, first)
-    first_i = np.minimum(first.astype(np.intp), lengths[pw])
-    nxt = np.empty_like(first_i)
-    nxt[:-1] = first_i[1:]
-    last_piece = np.zeros(ptotal, dtype=bool)
-    last_piece[poff + npieces - 1] = True
-    nxt[last_piece] = lengths
-    counts = np.maximum(nxt - first_i, 0)
-    piece = np.repeat(np.arange(ptotal), counts)
-    goff = np.zeros(len(n), dtype=np.intp)
-    np.cumsum(lengths[:-1], out=goff[1:])
-    gw = pw[piece]
-    k = np.arange(len(piece)) - goff[gw]
-    u = x0[gw] + k * step
-    dd = u - tl[piece]
-    values = p0[piece] + dd * (p1[piece] + dd * p2[piece])
-    return values, goff, lengths
+
+@numba.njit(cache=True)  # type: ignore[misc]
+def _global_tables(x: FloatArray) -> tuple[FloatArray, FloatArray]:  # pragma: no cover
+    """Row and piece coefficients that depend only on knots between beats.
+
+    Row ``g`` (collocation at beat ``g``) and piece ``g`` (between the midpoints before
+    and after beat ``g - 2 .. g - 1``) are the same in every window that holds them away
+    from its two ends, so they are computed once per recording.
+    """
+    n = len(x)
+    rows = np.zeros((n, 3))
+    pieces = np.zeros((n, 7))
+    for g in range(2, n - 2):
+        m0 = (x[g - 2] + x[g - 1]) / 2.0
+        m1 = (x[g - 1] + x[g]) / 2.0
+        m2 = (x[g] + x[g + 1]) / 2.0
+        m3 = (x[g + 1] + x[g + 2]) / 2.0
+        rows[g, 0], rows[g, 1], rows[g, 2] = _row(m0, m1, m2, m3, x[g])
+    for g in range(3, n - 1):
+        m0 = (x[g - 3] + x[g - 2]) / 2.0
+        m1 = (x[g - 2] + x[g - 1]) / 2.0
+        m2 = (x[g - 1] + x[g]) / 2.0
+        m3 = (x[g] + x[g + 1]) / 2.0
+        k = _piece(m0, m1, m2, m3)
+        for j in range(7):
+            pieces[g, j] = k[j]
+    return rows, pieces
+
+
+def _segments_impl(
+    x: FloatArray,
+    y: FloatArray,
+    rows: FloatArray,
+    pieces: FloatArray,
+    starts: IntArray,
+    ends: IntArray,
+    fs: float,
+    n_samples: int,
+    nperseg: int,
+    step: int,
+    nseg: int,
+    win: FloatArray,
+    out: FloatArray,
+) -> None:  # pragma: no cover - compiled; covered through band_powers
+    """Fill ``out[w, seg]`` with window ``w``'s Hann-weighted Welch segments, zero-padded.
+
+    Per window: solve the spline's tridiagonal collocation system (Thomas algorithm),
+    evaluate the spline on the grid ``x0 + k/fs`` (``k < n_samples``; past the last beat
+    the last interval's value), remove the mean and cut the segments. Rows and pieces
+    whose knots all lie between beats come from the precomputed tables.
+    """
+    h = 1.0 / fs
+    width = out.shape[2]
+    for w in numba.prange(len(starts)):
+        s = starts[w]
+        n = ends[w] - s
+        cp = np.empty(n)
+        dp = np.empty(n)
+        c = np.empty(n)
+        for i in range(n):
+            if i == 0 or i == n - 1:
+                a = 0.0
+                b = 1.0
+                cc = 0.0
+            elif 3 <= i <= n - 4:
+                a = rows[s + i, 0]
+                b = rows[s + i, 1]
+                cc = rows[s + i, 2]
+            else:
+                a, b, cc = _row(
+                    _knot(x, s, n, i),
+                    _knot(x, s, n, i + 1),
+                    _knot(x, s, n, i + 2),
+                    _knot(x, s, n, i + 3),
+                    x[s + i],
+                )
+            d = y[s + i]
+            if i == 0:
+                cp[0] = cc / b
+                dp[0] = d / b
+            else:
+                inv = 1.0 / (b - a * cp[i - 1])
+                cp[i] = cc * inv
+                dp[i] = (d - a * dp[i - 1]) * inv
+        c[n - 1] = dp[n - 1]
+        for i in range(n - 2, -1, -1):
+            c[i] = dp[i] - cp[i] * c[i + 1]
+        # grid values, piece by piece (piece l spans knots l .. l+1, l = 2 .. n-1)
+        vals = np.empty(n_samples)
+        x0 = x[s]
+        xl = x[s + n - 1]
+        ylast = y[s + n - 1]
+        l = 1
+        tr = x0
+        p0 = p1 = p2 = tl = 0.0
+        total = 0.0
+        for k in range(n_samples):
+            u = x0 + k * h
+            if u > xl:
+                v = ylast
+            else:
+                while l < n - 1 and (l == 1 or u >= tr):
+                    l += 1
+                    tl = _knot(x, s, n, l)
+                    tr = _knot(x, s, n, l + 1)
+                    if 4 <= l <= n - 3:
+                        g = s + l
+                        k00 = pieces[g, 0]
+                        k01 = pieces[g, 1]
+                        k10 = pieces[g, 2]
+                        k11 = pieces[g, 3]
+                        k20 = pieces[g, 4]
+                        k21 = pieces[g, 5]
+                        k22 = pieces[g, 6]
+                    else:
+                        k00, k01, k10, k11, k20, k21, k22 = _piece(
+                            _knot(x, s, n, l - 1), tl, tr, _knot(x, s, n, l + 2)
+                        )
+                    c0 = c[l - 2]
+                    c1 = c[l - 1]
+                    c2 = c[l]
+                    p0 = k00 * c0 + k01 * c1
+                    p1 = k10 * c0 + k11 * c1
+                    p2 = k20 * c0 + k21 * c1 + k22 * c2
+                dd = u - tl
+                v = p0 + dd * (p1 + dd * p2)
+            vals[k] = v
+            total += v
+        mean = total / n_samples
+        for sg in range(nseg):
+            base = sg * step
+            for m in range(nperseg):
+                out[w, sg, m] = (vals[base + m] - mean) * win[m]
+            for m in range(nperseg, width):
+                out[w, sg, m] = 0.0
+
+
+def _band_sums_impl(
+    spec: npt.NDArray[np.complex128],
+    w_lf: FloatArray,
+    w_hf: FloatArray,
+    out: FloatArray,
+) -> None:  # pragma: no cover - compiled; covered through band_powers
+    """``out[w] = sum_j W[j] * mean_seg |spec[w, seg, j]|^2`` for both bands."""
+    nseg = spec.shape[1]
+    for w in numba.prange(spec.shape[0]):
+        lf = 0.0
+        hf = 0.0
+        for j in range(spec.shape[2]):
+            p = 0.0
+            for sg in range(nseg):
+                z = spec[w, sg, j]
+                p += z.real * z.real + z.imag * z.imag
+            p /= nseg
+            lf += w_lf[j] * p
+            hf += w_hf[j] * p
+        out[w, 0] = lf
+        out[w, 1] = hf
 
 
 def interpolate_window_exact(x: FloatArray, y: FloatArray, fs: float) -> FloatArray:
@@ -317,7 +311,25 @@ def interpolate_window_exact(x: FloatArray, y: FloatArray, fs: float) -> FloatAr
     return np.asarray(out, dtype=np.float64)
 
 
+# Each kernel is compiled twice from the same source: parallel over windows for batches,
+# serial for the one window a streaming caller passes (waking a thread pool per call
+# costs milliseconds). Serial and parallel builds compute each window identically.
+_segments_parallel = numba.njit(parallel=True, cache=True)(_segments_impl)
+_segments_serial = numba.njit(cache=True)(_segments_impl)
+_band_sums_parallel = numba.njit(parallel=True, cache=True)(_band_sums_impl)
+_band_sums_serial = numba.njit(cache=True)(_band_sums_impl)
+
+#: Fewer windows than this go through the serial kernels.
+_PARALLEL_MIN_WINDOWS = 32
+
 # --------------------------------------------------------------------------- Welch
+
+
+@functools.lru_cache(maxsize=64)
+def _hann(nperseg: int) -> FloatArray:
+    win = np.asarray(scipy.signal.get_window("hann", nperseg), dtype=np.float64)
+    win.flags.writeable = False
+    return win
 
 
 def _welch_layout(n_samples: int, fs: float) -> tuple[int, int, int]:
@@ -332,6 +344,7 @@ def _welch_layout(n_samples: int, fs: float) -> tuple[int, int, int]:
     return nperseg, step, nseg
 
 
+@functools.lru_cache(maxsize=256)
 def _band_weights(
     n_samples: int, fs: float, config: FrequencyConfig
 ) -> tuple[npt.NDArray[np.float64], int]:
@@ -359,45 +372,50 @@ def _band_weights(
     return weights[:top], top
 
 
-def welch_band_powers(
-    values: FloatArray,
-    offsets: IntArray,
-    lengths: IntArray,
-    fs: float,
-    config: FrequencyConfig,
-) -> BandPowers:
-    """LF and HF power of many interpolated windows (see the module docstring)."""
-    nw = len(lengths)
-    out = np.full((nw, 2), np.nan)
-    for n_samples in np.unique(lengths):
-        n_s = int(n_samples)
-        sel = np.flatnonzero(lengths == n_s)
-        nperseg, step, nseg = _welch_layout(n_s, fs)
-        if nperseg < 2 or nseg < 1:
-            continue
-        win = scipy.signal.get_window("hann", nperseg)
-        scale = 1.0 / (fs * float(np.sum(win * win)))
-        weights, top = _band_weights(n_s, fs, config)
-        if top == 0:
-            continue
-        nfft = 2 * nperseg
-        per_chunk = max(1, _CHUNK_SAMPLES // (nseg * nfft))
-        seg_idx = (np.arange(nseg) * step)[:, None] + np.arange(nperseg)[None, :]
-        for c0 in range(0, len(sel), per_chunk):
-            rows = sel[c0 : c0 + per_chunk]
-            sig = values[offsets[rows][:, None] + np.arange(n_s)[None, :]]
-            sig -= sig.mean(axis=1, keepdims=True)
-            segs = sig[:, seg_idx] * win
-            spec = scipy.fft.rfft(segs, n=nfft, axis=-1, workers=-1)[..., :top]
-            psd = (spec.real**2 + spec.imag**2) * scale
-            psd = psd.mean(axis=1)
-            if top > 1:
-                last = nfft // 2
-                psd[:, 1 : min(top, last)] *= 2.0
-            power = psd @ weights
-            out[rows] = power
-    out[out == 0.0] = np.nan
-    return BandPowers(lf_ms2=out[:, 0], hf_ms2=out[:, 1])
+@functools.lru_cache(maxsize=256)
+def _smooth_weights(
+    n_samples: int, fs: float, config: FrequencyConfig
+) -> tuple[FloatArray, FloatArray, int]:
+    """Weights that give the band powers from a periodogram of any smooth FFT length.
+
+    The trapezoid sum of a segment's periodogram over the band's bins ``f_k = k fs/nfft``
+    (``nfft = 2 nperseg``, the grid neurokit2 uses) is a quadratic form in the segment
+    with a Toeplitz kernel, ``sum_d q[d] r[d]``, where ``r`` is the segment's
+    autocorrelation and ``q[d] = sum_k w_k cos(2 pi k d / nfft)``. Any FFT length
+    ``L >= 2 nperseg - 1`` gives that autocorrelation without wrap-around, so with
+    ``W = DFT_L(q) / L`` the band power is ``sum_j W[j] |X_L[j]|^2``: the same number,
+    from one FFT of a length with small prime factors (``nfft`` itself is often twice a
+    prime, where an FFT is several times slower).
+
+    Returns
+    -------
+    w_lf, w_hf, length:
+        Weights over the ``length // 2 + 1`` rfft bins, one-sided doubling and density
+        scale folded in (cached per grid length; read-only).
+    """
+    nperseg, _, _ = _welch_layout(n_samples, fs)
+    nfft = 2 * nperseg
+    length = scipy.fft.next_fast_len(nfft - 1, real=True)
+    bin_w, top = _band_weights(n_samples, fs, config)
+    win = scipy.signal.get_window("hann", nperseg)
+    scale = 1.0 / (fs * float(np.sum(win * win)))
+    k = np.arange(top)
+    onesided = np.where(k == 0, 1.0, 2.0)  # Nyquist (k = nperseg) is never below top
+    d = np.arange(nperseg)
+    cosines = np.cos(2.0 * np.pi * np.outer(d, k) / nfft)  # (lags, bins)
+    q = cosines @ (bin_w * (onesided * scale)[:, None])  # (lags, 2)
+    qc = np.zeros((length, 2))
+    qc[:nperseg] = q
+    qc[length - nperseg + 1 :] = q[1:][::-1]
+    qhat = np.real(scipy.fft.rfft(qc, axis=0)) / length
+    j = np.arange(length // 2 + 1)
+    fold = np.where((j == 0) | ((length % 2 == 0) & (j == length // 2)), 1.0, 2.0)
+    weights = qhat * fold[:, None]
+    w_lf = np.ascontiguousarray(weights[:, 0])
+    w_hf = np.ascontiguousarray(weights[:, 1])
+    w_lf.flags.writeable = False
+    w_hf.flags.writeable = False
+    return w_lf, w_hf, length
 
 
 def band_powers(
@@ -423,42 +441,93 @@ def band_powers(
         Method parameters; defaults match neurokit2 with ``interpolation_rate=4``.
     progress:
         Called with the fraction of windows done after each chunk.
+
+    Notes
+    -----
+    Each window is computed from its own beats only, in the same order of operations
+    whether it is one window of many or alone, so a streaming caller that passes one
+    window gets bit-for-bit the numbers the batch gets.
     """
     cfg = config or FrequencyConfig()
     fs = cfg.interpolation_rate_hz
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
     nw = len(starts)
-    lf = np.full(nw, np.nan)
-    hf = np.full(nw, np.nan)
-    ok = np.flatnonzero(ends - starts >= 3)
-    if len(ok) == 0:
-        return BandPowers(lf, hf)
-    x0, xl = x[starts[ok]], x[ends[ok] - 1]
-    lengths = grid_length(x0, xl, fs)
-    # Chunk windows so the flat grid stays bounded in memory.
-    chunk_of = (np.cumsum(lengths) - 1) // _CHUNK_SAMPLES
-    done = 0
-    for cid in np.unique(chunk_of):
-        part = ok[chunk_of == cid]
-        values, offs, lens = interpolate_windows(x, y, starts[part], ends[part], fs)
-        bp = welch_band_powers(values, offs, lens, fs, cfg)
-        lf[part] = bp.lf_ms2
-        hf[part] = bp.hf_ms2
-        done += len(part)
-        if progress is not None:
-            progress(done / len(ok))
-    return BandPowers(lf, hf)
+    out = np.full((nw, 2), np.nan)
+    ok = np.flatnonzero(np.asarray(ends) - np.asarray(starts) >= 3)
+    scratch: FloatArray | None = None
+    if len(ok):
+        rows_t, pieces_t = _global_tables(x)
+        lengths = grid_length(x[starts[ok]], x[ends[ok] - 1], fs)
+        done = 0
+        for n_samples in np.unique(lengths):
+            n_s = int(n_samples)
+            sel = ok[lengths == n_s]
+            nperseg, step, nseg = _welch_layout(n_s, fs)
+            if nperseg < 2 or nseg < 1 or _band_weights(n_s, fs, cfg)[1] == 0:
+                done += len(sel)
+                continue
+            w_lf, w_hf, length = _smooth_weights(n_s, fs, cfg)
+            win = _hann(nperseg)
+            per_chunk = max(1, _CHUNK_SAMPLES // (nseg * length))
+            if scratch is None:
+                scratch = np.empty(max(_CHUNK_SAMPLES, nseg * length))
+            for c0 in range(0, len(sel), per_chunk):
+                rows = sel[c0 : c0 + per_chunk]
+                need = len(rows) * nseg * length
+                if need > len(scratch):
+                    scratch = np.empty(need)
+                buf = scratch[:need].reshape(len(rows), nseg, length)
+                parallel = len(rows) >= _PARALLEL_MIN_WINDOWS
+                segments = _segments_parallel if parallel else _segments_serial
+                segments(
+                    x,
+                    y,
+                    rows_t,
+                    pieces_t,
+                    np.ascontiguousarray(starts[rows], dtype=np.int64),
+                    np.ascontiguousarray(ends[rows], dtype=np.int64),
+                    fs,
+                    n_s,
+                    nperseg,
+                    step,
+                    nseg,
+                    win,
+                    buf,
+                )
+                spec = scipy.fft.rfft(buf, axis=-1, workers=-1)
+                sums = np.empty((len(rows), 2))
+                (_band_sums_parallel if parallel else _band_sums_serial)(spec, w_lf, w_hf, sums)
+                out[rows] = sums
+                done += len(rows)
+                if progress is not None:
+                    progress(done / len(ok))
+    out[out == 0.0] = np.nan
+    return BandPowers(lf_ms2=out[:, 0], hf_ms2=out[:, 1])
 
 
-def band_powers_exact(
+def band_powers_reference(
     x: FloatArray, y: FloatArray, config: FrequencyConfig | None = None
 ) -> tuple[float, float]:
-    """LF and HF power of a single window through scipy's own spline (streaming path)."""
+    """One window through scipy's own spline and Welch: the slow reference for tests."""
     cfg = config or FrequencyConfig()
     fs = cfg.interpolation_rate_hz
-    if len(x) < 3:
-        return float("nan"), float("nan")
     values = interpolate_window_exact(x, y, fs)
-    bp = welch_band_powers(
-        values, np.zeros(1, np.intp), np.array([len(values)], dtype=np.intp), fs, cfg
+    values = values - np.mean(values)
+    n_s = len(values)
+    nperseg, _, _ = _welch_layout(n_s, fs)
+    freqs, psd = scipy.signal.welch(
+        values,
+        fs=fs,
+        window="hann",
+        nperseg=nperseg,
+        nfft=2 * nperseg,
+        detrend=False,
+        scaling="density",
+        average="mean",
     )
-    return float(bp.lf_ms2[0]), float(bp.hf_ms2[0])
+    weights, top = _band_weights(n_s, fs, cfg)
+    del freqs
+    lf = float(np.sum(psd[:top] * weights[:, 0]))
+    hf = float(np.sum(psd[:top] * weights[:, 1]))
+    return (lf if lf != 0.0 else float("nan")), (hf if hf != 0.0 else float("nan"))
