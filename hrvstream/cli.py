@@ -19,29 +19,20 @@ log = logging.getLogger("hrvstream")
 OUTPUT_FORMATS = ("csv", "json")
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"1.5h"`` or ``"2d"``."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    t = text.strip().lower()
-    factor = 1.0
-    if t and t[-1] in units:
-        factor = units[t[-1]]
-        t = t[:-1]
-    try:
-        value = float(t) * factor
-    except ValueError:
-        raise ConfigError(
-            f"{text!r} is not a duration: use seconds or a number with s, m, h or d (e.g. 15m)"
-        ) from None
+def parse_duration(text: str, *, what: str = "duration") -> float:
+    """Positive seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"1.5h"`` or ``"1h30m"``."""
+    from hrvstream.simulate import parse_duration_s
+
+    value = parse_duration_s(text, what=what)
     if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{text!r}: a duration must be positive")
+        raise ConfigError(f"invalid {what} {text!r}: it must be more than 0 s")
     return value
 
 
 def _step(text: str) -> float | None:
     if text.strip().lower() == "beat":
         return None
-    return parse_duration(text)
+    return parse_duration(text, what="--step")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -156,7 +147,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 f"--format {f!r}: use csv or json for the output, or an input format: "
                 + ", ".join(FORMATS)
             )
-    window = parse_duration(args.window)
+    window = parse_duration(args.window, what="--window")
     step = _step(args.step)
     progress = ProgressBar.for_stream(sys.stderr, enabled=not args.no_progress)
     progress.stage("reading")
@@ -206,7 +197,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 f"--{name.replace('_', '-')} {v}: use a probability per beat, 0 to 0.5"
             )
     config = SessionConfig(
-        duration_s=parse_duration(args.duration),
+        duration_s=parse_duration(args.duration, what="--duration"),
         seed=args.seed,
         mean_hr_bpm=args.hr,
         stress=stress,

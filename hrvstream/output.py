@@ -114,7 +114,7 @@ class ProgressBar:
         if self._stream is None:
             return
         now = time.monotonic()
-        if not force and now - self._last < 0.1:
+        if not force and fraction < 1.0 and now - self._last < 0.1:
             return
         self._last = now
         width = 30

@@ -98,7 +98,7 @@ def grid_length(first_t_s: FloatArray, last_t_s: FloatArray, fs: float) -> IntAr
 # --------------------------------------------------------------------------- kernel
 
 
-@numba.njit(inline="always", cache=True)  # type: ignore[misc]
+@numba.njit(inline="always", cache=True)
 def _knot(x: FloatArray, s: int, n: int, k: int) -> float:
     """Knot ``k`` of the not-a-knot quadratic spline through beats ``x[s:s+n]``.
 
@@ -113,7 +113,7 @@ def _knot(x: FloatArray, s: int, n: int, k: int) -> float:
     return float((x[s + k - 2] + x[s + k - 1]) / 2.0)
 
 
-@numba.njit(inline="always", cache=True)  # type: ignore[misc]
+@numba.njit(inline="always", cache=True)
 def _row(tl1: float, tl: float, tr: float, tr2: float, u: float) -> tuple[float, float, float]:
     """Collocation row at ``u`` in knot interval ``[tl, tr)``: B-spline values (a, b, c)."""
     ih = 1.0 / (tr - tl)
@@ -127,7 +127,7 @@ def _row(tl1: float, tl: float, tr: float, tr2: float, u: float) -> tuple[float,
     return a, b, c
 
 
-@numba.njit(inline="always", cache=True)  # type: ignore[misc]
+@numba.njit(inline="always", cache=True)
 def _piece(
     tl1: float, tl: float, tr: float, tr2: float
 ) -> tuple[float, float, float, float, float, float, float]:
@@ -142,7 +142,7 @@ def _piece(
     return (hh * hh * i1, g * hh * i1, -2.0 * hh * i1, (hh - g) * i1 + q * i2, i1, -(i1 + i2), i2)
 
 
-@numba.njit(cache=True)  # type: ignore[misc]
+@numba.njit(cache=True)
 def _global_tables(x: FloatArray) -> tuple[FloatArray, FloatArray]:  # pragma: no cover
     """Row and piece coefficients that depend only on knots between beats.
 
@@ -228,12 +228,12 @@ def _segments_impl(
         c[n - 1] = dp[n - 1]
         for i in range(n - 2, -1, -1):
             c[i] = dp[i] - cp[i] * c[i + 1]
-        # grid values, piece by piece (piece l spans knots l .. l+1, l = 2 .. n-1)
+        # grid values, piece by piece (piece p spans knots p .. p+1, p = 2 .. n-1)
         vals = np.empty(n_samples)
         x0 = x[s]
         xl = x[s + n - 1]
         ylast = y[s + n - 1]
-        l = 1
+        piece = 1
         tr = x0
         p0 = p1 = p2 = tl = 0.0
         total = 0.0
@@ -242,12 +242,12 @@ def _segments_impl(
             if u > xl:
                 v = ylast
             else:
-                while l < n - 1 and (l == 1 or u >= tr):
-                    l += 1
-                    tl = _knot(x, s, n, l)
-                    tr = _knot(x, s, n, l + 1)
-                    if 4 <= l <= n - 3:
-                        g = s + l
+                while piece < n - 1 and (piece == 1 or u >= tr):
+                    piece += 1
+                    tl = _knot(x, s, n, piece)
+                    tr = _knot(x, s, n, piece + 1)
+                    if 4 <= piece <= n - 3:
+                        g = s + piece
                         k00 = pieces[g, 0]
                         k01 = pieces[g, 1]
                         k10 = pieces[g, 2]
@@ -257,11 +257,11 @@ def _segments_impl(
                         k22 = pieces[g, 6]
                     else:
                         k00, k01, k10, k11, k20, k21, k22 = _piece(
-                            _knot(x, s, n, l - 1), tl, tr, _knot(x, s, n, l + 2)
+                            _knot(x, s, n, piece - 1), tl, tr, _knot(x, s, n, piece + 2)
                         )
-                    c0 = c[l - 2]
-                    c1 = c[l - 1]
-                    c2 = c[l]
+                    c0 = c[piece - 2]
+                    c1 = c[piece - 1]
+                    c2 = c[piece]
                     p0 = k00 * c0 + k01 * c1
                     p1 = k10 * c0 + k11 * c1
                     p2 = k20 * c0 + k21 * c1 + k22 * c2
