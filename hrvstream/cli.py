@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -90,6 +90,30 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
     a.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    r = sub.add_parser(
+        "replay",
+        help="feed a recording through the agent's pipeline as if live",
+        description=(
+            "Feed a recording (a capture file, or any RR file encoded as a strap's "
+            "notifications) through the agent's pipeline: Heart Rate Measurement parser, "
+            "beat timing, streaming HRV engine."
+        ),
+    )
+    r.add_argument("input", help="capture file or RR recording")
+    r.add_argument(
+        "--speed", default="1", help="1 = real time, N = N times faster, max = no waiting"
+    )
+    r.add_argument(
+        "--metrics-out",
+        metavar="PATH",
+        help="write the per-beat metric rows (analyze CSV format) to PATH ('-' = stdout)",
+    )
+    r.add_argument("--window", default="300", help="window length (default 300 s)")
+    r.add_argument("--no-correct", action="store_true", help="no artifact correction")
+    r.add_argument("--input-format", choices=FORMATS, help="force the input format")
+    r.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak sample-index files")
+    r.add_argument("--lenient", action="store_true", help="skip malformed lines")
 
     s = sub.add_parser(
         "simulate",
@@ -176,6 +200,65 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_speed(text: str) -> float | None:
+    """``max`` -> ``None`` (no waiting), else a positive factor."""
+    if text.strip().lower() == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--speed {text!r}: use a factor such as 1 or 10, or max") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"--speed {text!r}: the factor must be positive")
+    return value
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from hrvstream.hrv.engine import AnalysisConfig
+    from hrvstream.output import format_window_row, window_header
+    from hrvstream.pipeline import BeatPipeline, Record, paced, records_from_series, run_records
+    from hrvstream.recordings.capture_reader import CaptureReader, decoder_notes
+    from hrvstream.recordings.readers import detect_format, read_head, read_recording
+
+    speed = parse_speed(args.speed)
+    path = Path(args.input)
+    fmt = args.input_format
+    if fmt is None and path.is_file():
+        fmt = detect_format(path, read_head(path))
+    reader: CaptureReader | None = None
+    records: Iterable[Record]
+    if fmt == "capture":
+        reader = CaptureReader(path, lenient=args.lenient)
+        records = reader
+    else:
+        series = read_recording(path, format=fmt, fs=args.fs, lenient=args.lenient)
+        for note in series.notes:
+            log.warning("%s: %s", series.source, note)
+        records = records_from_series(series)
+    config = AnalysisConfig(
+        window_s=parse_duration(args.window, what="--window"),
+        step_s=None,
+        correct=not args.no_correct,
+    )
+    pipeline = BeatPipeline(config)
+    rows = run_records(pipeline, paced(records, speed))
+    if args.metrics_out:
+        with _open_output(args.metrics_out) as fh:
+            fh.write(window_header() + "\n")
+            for row in rows:
+                fh.write(format_window_row(row) + "\n")
+    else:
+        for _ in rows:
+            pass
+    d = pipeline.decoder
+    print(
+        f"hrvstream: replayed {d.notifications} notifications, {pipeline.beats} beats"
+        + "".join(f"; {n}" for n in decoder_notes(d, reader.skipped if reader else 0)),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from hrvstream.simulate import (
         ArtifactSpec,
@@ -244,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    handlers = {"analyze": _cmd_analyze, "simulate": _cmd_simulate}
+    handlers = {"analyze": _cmd_analyze, "replay": _cmd_replay, "simulate": _cmd_simulate}
     try:
         return handlers[args.command](args)
     except HrvStreamError as exc:

@@ -35,12 +35,33 @@ DECIMALS: dict[str, int] = {
 INTEGER_COLUMNS = frozenset({"n_beats"})
 
 
+def _cell_format(name: str) -> str:
+    return "{:d}" if name in INTEGER_COLUMNS else f"{{:.{DECIMALS.get(name, 6)}f}}"
+
+
 def _format_column(name: str, values: npt.NDArray[np.float64] | npt.NDArray[np.intp]) -> list[str]:
     """Strings for one column; missing values (NaN) are empty cells."""
+    fmt = _cell_format(name)
     if name in INTEGER_COLUMNS:
-        return [str(int(v)) for v in values]
-    fmt = f"{{:.{DECIMALS.get(name, 6)}f}}"
+        return [fmt.format(int(v)) for v in values.tolist()]
     return ["" if math.isnan(v) else fmt.format(v) for v in values.tolist()]
+
+
+def format_window_row(row: dict[str, float]) -> str:
+    """One window row as the CSV line ``analyze`` writes for it (without newline)."""
+    cells = []
+    for name in WINDOW_COLUMNS:
+        v = row[name]
+        if name in INTEGER_COLUMNS:
+            cells.append(_cell_format(name).format(int(v)))
+        else:
+            cells.append("" if math.isnan(v) else _cell_format(name).format(v))
+    return ",".join(cells)
+
+
+def window_header() -> str:
+    """The CSV header line of window rows (without newline)."""
+    return ",".join(WINDOW_COLUMNS)
 
 
 def _json_value(name: str, text: str) -> float | int | str | None:
@@ -57,7 +78,7 @@ def _write(columns: list[tuple[str, list[str]]], fh: TextIO, fmt: str) -> None:
     names = [n for n, _ in columns]
     cells = [c for _, c in columns]
     if fmt == "csv":
-        fh.write(",".join(names) + "\n")
+        fh.write(",".join(names) + "\n")  # == window_header() for window rows
         fh.writelines(",".join(row) + "\n" for row in zip(*cells, strict=True))
     else:
         for row in zip(*cells, strict=True):

@@ -134,9 +134,7 @@ class VirtualClock:
         """Stop the clock at its current time (no-op when already frozen)."""
         self.set(self.now())
 
-    def run(
-        self, t_s: float, speed: float, loop: asyncio.AbstractEventLoop | None = None
-    ) -> None:
+    def run(self, t_s: float, speed: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Let the clock run from ``t_s`` at ``speed`` times the event loop's rate.
 
         Parameters

@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hrvstream.errors import MalformedLineError, RecordingError
+from hrvstream.protocol.capture import is_capture_header
 from hrvstream.recordings.model import RRSeries
 
 __all__ = [
@@ -71,6 +72,7 @@ FORMATS: tuple[str, ...] = (
     "mitdb-csv",
     "rpeaks",
     "wfdb",
+    "capture",
 )
 """Names of the formats :func:`read_recording` can read."""
 
@@ -160,7 +162,7 @@ def read_recording(
     if not p.is_file():
         raise RecordingError(f"{p}: not a regular file")
 
-    fmt = format if format is not None else detect_format(p, _read_head(p))
+    fmt = format if format is not None else detect_format(p, read_head(p))
     series = _READERS[fmt](_Context(path=p, source=str(p), fs=fs, lenient=lenient))
     if len(series) == 0:
         raise RecordingError(f"{p}: no RR intervals found (read as {fmt})")
@@ -191,9 +193,10 @@ def detect_format(path: Path, head: list[str]) -> str:
 
     Notes
     -----
-    In order: WFDB by suffix; Polar HRM by suffix or a ``[Params]``/``[HRData]`` line; a
-    CSV header (a first line with ``,``/``;``/tab separators and a non-numeric field)
-    with a ``sample``/``symbol`` pair of columns (``mitdb-csv``) or an RR column
+    In order: WFDB by suffix; an hrvstream capture by its JSON header line; Polar HRM
+    by suffix or a ``[Params]``/``[HRData]`` line; a CSV header (a first line with
+    ``,``/``;``/tab separators and a non-numeric field) with a ``sample``/``symbol`` pair
+    of columns (``mitdb-csv``) or an RR column
     (``polar-csv``); values with exactly eight decimals (``physionet-rr-s``); at least
     three strictly increasing integers spanning more than any plausible RR
     (``rpeaks``); otherwise one RR per line, in seconds if the median is below 10.
@@ -201,6 +204,8 @@ def detect_format(path: Path, head: list[str]) -> str:
     suffix = path.suffix.lower()
     if suffix in (".atr", ".hea"):
         return "wfdb"
+    if head and is_capture_header(head[0]):
+        return "capture"
     lines = [line.strip() for line in head]
     if suffix == ".hrm" or any(line.lower() in ("[params]", "[hrdata]") for line in lines):
         return "hrm"
@@ -504,7 +509,14 @@ def _read_wfdb(ctx: _Context) -> RRSeries:
     return _from_samples(samples, fs, symbols, ctx=ctx, fmt="wfdb", problems=problems)
 
 
+def _read_capture(ctx: _Context) -> RRSeries:
+    from hrvstream.recordings.capture_reader import read_capture
+
+    return read_capture(ctx.path, source=ctx.source, lenient=ctx.lenient)
+
+
 _READERS: dict[str, Callable[[_Context], RRSeries]] = {
+    "capture": _read_capture,
     "rr-ms": _read_rr_ms,
     "rr-s": _read_rr_s,
     "physionet-rr-s": _read_physionet_rr_s,
@@ -697,7 +709,7 @@ def _read_lines(path: Path) -> list[str]:
             raise RecordingError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
-def _read_head(path: Path) -> list[str]:
+def read_head(path: Path) -> list[str]:
     """The first :data:`HEAD_LINES` lines, for format detection."""
     with _open_text(path) as fh:
         try:

@@ -1,0 +1,1 @@
+"""Tests of the BLE adapters: the virtual strap and its bleak backend."""
