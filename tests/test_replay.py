@@ -25,10 +25,13 @@ from hrvstream.recordings import RRSeries, read_recording
 
 def write_capture(
     path: Path,
-    records: list[Notification | CaptureEvent] | None = None,
+    records: Sequence[Notification | CaptureEvent] | None = None,
     series: RRSeries | None = None,
 ) -> Path:
-    recs = records if records is not None else list(records_from_series(series))  # type: ignore[arg-type]
+    if records is None:
+        assert series is not None
+        records = list(records_from_series(series))
+    recs = records
     header = CaptureHeader(
         started_at=datetime.datetime(2026, 11, 21, tzinfo=datetime.UTC), source="file"
     )
