@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from hrvstream import __version__
 from hrvstream.errors import ConfigError, HrvStreamError
+
+if TYPE_CHECKING:
+    from hrvstream.pipeline import Record
+    from hrvstream.recordings.capture_reader import CaptureReader
 
 log = logging.getLogger("hrvstream")
 
@@ -91,6 +96,41 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
     a.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
+    sc = sub.add_parser(
+        "scan",
+        help="list chest straps advertising the Heart Rate Service",
+        description="Scan for BLE devices advertising the Heart Rate Service (0x180D).",
+    )
+    sc.add_argument("--timeout", default="5", help="how long to scan (default 5 s)")
+    sc.add_argument(
+        "--ble",
+        choices=("system", "virtual"),
+        default="system",
+        help="system: this machine's Bluetooth adapter; virtual: a virtual strap (--play)",
+    )
+    sc.add_argument("--play", metavar="FILE", help="with --ble virtual: what the strap plays")
+
+    rec = sub.add_parser(
+        "record",
+        help="record a strap's notifications byte for byte to a capture file",
+        description=(
+            "Record every Heart Rate Measurement notification of a strap, with its "
+            "arrival time, to a capture file (JSON Lines, one flushed line each)."
+        ),
+    )
+    rec.add_argument("--device", help="the strap's address or advertised name")
+    rec.add_argument("-o", "--output", required=True, help="capture file to write")
+    rec.add_argument("--duration", help="stop after this long (default: until Ctrl-C)")
+    rec.add_argument(
+        "--ble",
+        choices=("system", "virtual"),
+        default="system",
+        help="system: a real strap; virtual: a virtual strap playing --play FILE",
+    )
+    rec.add_argument("--play", metavar="FILE", help="with --ble virtual: recording to play")
+    rec.add_argument("--speed", default="1", help="with --ble virtual: 1 = real time, N, or max")
+    rec.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak files to play")
+
     r = sub.add_parser(
         "replay",
         help="feed a recording through the agent's pipeline as if live",
@@ -108,6 +148,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--metrics-out",
         metavar="PATH",
         help="write the per-beat metric rows (analyze CSV format) to PATH ('-' = stdout)",
+    )
+    r.add_argument(
+        "--ble",
+        choices=("none", "virtual"),
+        default="none",
+        help=(
+            "none: feed the notifications straight to the parser (default); virtual: "
+            "play them from a virtual strap on a Bumble BLE stack through bleak"
+        ),
     )
     r.add_argument("--window", default="300", help="window length (default 300 s)")
     r.add_argument("--no-correct", action="store_true", help="no artifact correction")
@@ -213,43 +262,107 @@ def parse_speed(text: str) -> float | None:
     return value
 
 
+def _load_records(
+    input_path: str, fmt: str | None, fs: float | None, lenient: bool
+) -> tuple[CaptureReader | None, Iterable[Record]]:
+    """A capture's records, or an RR recording encoded as a strap's notifications."""
+    from hrvstream.pipeline import records_from_series
+    from hrvstream.recordings.capture_reader import CaptureReader
+    from hrvstream.recordings.readers import detect_format, read_head, read_recording
+
+    path = Path(input_path)
+    if fmt is None and path.is_file():
+        fmt = detect_format(path, read_head(path))
+    if fmt == "capture":
+        reader = CaptureReader(path, lenient=lenient)
+        return reader, reader
+    series = read_recording(path, format=fmt, fs=fs, lenient=lenient)
+    for note in series.notes:
+        log.warning("%s: %s", series.source, note)
+    return None, list(records_from_series(series))
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from hrvstream.adapters.ble import scan
+
+    timeout = parse_duration(args.timeout, what="--timeout")
+
+    async def run() -> list[tuple[str | None, str, int | None]]:
+        if args.ble == "virtual":
+            from hrvstream.ble_session import virtual_strap
+
+            if not args.play:
+                raise ConfigError("--ble virtual needs --play FILE (what the strap plays)")
+            _, records = _load_records(args.play, None, None, False)
+            async with virtual_strap(records, speed=1.0) as vs:
+                found = await scan(timeout, backend=vs.link_kwargs["scanner_backend"])  # type: ignore[arg-type]
+        else:
+            found = await scan(timeout)
+        return [(s.name, s.address, s.rssi) for s in found]
+
+    rows = asyncio.run(run())
+    if not rows:
+        print("hrvstream: no strap advertising the Heart Rate Service found", file=sys.stderr)
+        return 1
+    print(f"{'name':<24} {'address':<20} rssi")
+    for name, address, rssi in rows:
+        print(f"{name or '?':<24} {address:<20} {rssi if rssi is not None else ''}")
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if args.ble == "virtual":
+        from hrvstream.ble_session import record_virtual
+
+        if not args.play:
+            raise ConfigError("--ble virtual needs --play FILE (what the strap plays)")
+        _, records = _load_records(args.play, None, args.fs, False)
+        writer = asyncio.run(record_virtual(records, out, speed=parse_speed(args.speed)))
+    else:
+        from hrvstream.ble_session import record_ble
+
+        if not args.device:
+            raise ConfigError("record needs --device ADDRESS|NAME (see hrvstream scan)")
+        duration = parse_duration(args.duration, what="--duration") if args.duration else None
+        writer = asyncio.run(record_ble(args.device, out, duration_s=duration))
+    print(f"hrvstream: wrote {writer.lines} lines to {out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from hrvstream.hrv.engine import AnalysisConfig
     from hrvstream.output import format_window_row, window_header
-    from hrvstream.pipeline import BeatPipeline, Record, paced, records_from_series, run_records
-    from hrvstream.recordings.capture_reader import CaptureReader, decoder_notes
-    from hrvstream.recordings.readers import detect_format, read_head, read_recording
+    from hrvstream.pipeline import BeatPipeline, paced, run_records
+    from hrvstream.recordings.capture_reader import decoder_notes
 
     speed = parse_speed(args.speed)
-    path = Path(args.input)
-    fmt = args.input_format
-    if fmt is None and path.is_file():
-        fmt = detect_format(path, read_head(path))
-    reader: CaptureReader | None = None
-    records: Iterable[Record]
-    if fmt == "capture":
-        reader = CaptureReader(path, lenient=args.lenient)
-        records = reader
-    else:
-        series = read_recording(path, format=fmt, fs=args.fs, lenient=args.lenient)
-        for note in series.notes:
-            log.warning("%s: %s", series.source, note)
-        records = records_from_series(series)
+    reader, records = _load_records(args.input, args.input_format, args.fs, args.lenient)
     config = AnalysisConfig(
         window_s=parse_duration(args.window, what="--window"),
         step_s=None,
         correct=not args.no_correct,
     )
     pipeline = BeatPipeline(config)
-    rows = run_records(pipeline, paced(records, speed))
-    if args.metrics_out:
-        with _open_output(args.metrics_out) as fh:
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(_open_output(args.metrics_out)) if args.metrics_out else None
+        if fh is not None:
             fh.write(window_header() + "\n")
-            for row in rows:
-                fh.write(format_window_row(row) + "\n")
-    else:
-        for _ in rows:
-            pass
+
+        def write(rows: Iterable[dict[str, float]]) -> None:
+            if fh is not None:
+                for row in rows:
+                    fh.write(format_window_row(row) + "\n")
+            else:
+                for _ in rows:
+                    pass
+
+        if args.ble == "virtual":
+            from hrvstream.ble_session import replay_virtual
+
+            asyncio.run(replay_virtual(records, pipeline, speed=speed, on_rows=write))
+        else:
+            write(run_records(pipeline, paced(records, speed)))
     d = pipeline.decoder
     print(
         f"hrvstream: replayed {d.notifications} notifications, {pipeline.beats} beats"
@@ -327,7 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    handlers = {"analyze": _cmd_analyze, "replay": _cmd_replay, "simulate": _cmd_simulate}
+    handlers = {
+        "analyze": _cmd_analyze,
+        "record": _cmd_record,
+        "replay": _cmd_replay,
+        "scan": _cmd_scan,
+        "simulate": _cmd_simulate,
+    }
     try:
         return handlers[args.command](args)
     except HrvStreamError as exc:

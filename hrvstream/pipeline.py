@@ -75,8 +75,7 @@ class BeatPipeline:
 
 def records_from_series(series: RRSeries) -> Iterator[Record]:
     """RR intervals as the notifications a strap would have sent (see the encoder)."""
-    for t, payload in encode_rr_as_notifications(series.rr_ms.tolist()):
-        yield Notification(t_s=t, uuid=HEART_RATE_MEASUREMENT_UUID, payload=payload)
+    yield from encode_rr_as_notifications(series.rr_ms.tolist())
 
 
 def paced(records: Iterable[Record], speed: float | None) -> Iterator[Record]:

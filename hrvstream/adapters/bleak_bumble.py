@@ -265,6 +265,11 @@ class DeliveryLedger:
 # ---------------------------------------------------------------------------------------
 
 
+# LocalLink.__init__ carries no annotations; calling it through a typed alias keeps
+# mypy --strict (disallow_untyped_calls) satisfied without a blanket override.
+_new_local_link: Callable[[], LocalLink] = LocalLink
+
+
 class _Closable(Protocol):
     async def close(self) -> None: ...
 
@@ -414,7 +419,7 @@ class VirtualRadio:
     """
 
     def __init__(self, clock: VirtualClock | None = None) -> None:
-        self.link = LocalLink()
+        self.link = _new_local_link()
         self.clock = clock if clock is not None else VirtualClock()
         self.deliveries = DeliveryLedger()
         self._centrals: dict[str, CentralHost] = {}
@@ -422,6 +427,7 @@ class VirtualRadio:
         self._peripherals: list[_Closable] = []
         self._next_peripheral = 1
         self._scanner_backends: dict[str, type[VirtualBleakScanner]] = {}
+        self._client_backends: dict[tuple[str, int], type[VirtualBleakClient]] = {}
         self._closed = False
 
     async def __aenter__(self) -> VirtualRadio:
@@ -564,14 +570,18 @@ class VirtualRadio:
         """
         if not _ATT_DEFAULT_MTU <= mtu <= 0xFFFF:
             raise ValueError(f"mtu must be in {_ATT_DEFAULT_MTU}..65535, got {mtu}")
-        return cast(
-            type[VirtualBleakClient],
-            type(
-                "BleakClientVirtual",
-                (VirtualBleakClient,),
-                {"_radio": self, "_adapter": adapter, "_requested_mtu": mtu},
-            ),
-        )
+        cls = self._client_backends.get((adapter, mtu))
+        if cls is None:
+            cls = cast(
+                type[VirtualBleakClient],
+                type(
+                    "BleakClientVirtual",
+                    (VirtualBleakClient,),
+                    {"_radio": self, "_adapter": adapter, "_requested_mtu": mtu},
+                ),
+            )
+            self._client_backends[(adapter, mtu)] = cls
+        return cls
 
     async def aclose(self) -> None:
         """Close every registered peripheral and central host (idempotent)."""
@@ -711,14 +721,16 @@ class VirtualBleakScanner(BaseBleakScanner):
             raise BleakError("scanner already started")
         self.seen_devices = {}
         host = await self._radio.central(self._adapter)
-        await host.start_scan(self._listener, active=self._active)
+        with _bleak_errors(f"starting a scan on {self._adapter}"):
+            await host.start_scan(self._listener, active=self._active)
         self._host = host
 
     async def stop(self) -> None:
         """Stop scanning (no-op when not started)."""
         host, self._host = self._host, None
         if host is not None:
-            await host.stop_scan(self._listener)
+            with _bleak_errors(f"stopping the scan on {self._adapter}"):
+                await host.stop_scan(self._listener)
 
     def _on_advertisement(self, advertisement: Advertisement) -> None:
         parsed = _parse_advertising_data(advertisement.data)

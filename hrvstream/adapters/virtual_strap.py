@@ -66,8 +66,9 @@ Cues, as methods or as events in the sequence
 
 RR intervals to notifications
 -----------------------------
-:func:`rr_to_notifications` turns an RR series (milliseconds) into the notification
-sequence a strap would send; see its docstring for the exact rule.
+:func:`hrvstream.protocol.beat_timing.encode_rr_as_notifications` turns an RR series
+(milliseconds) into the notification sequence a strap would send; see its docstring for
+the exact rule.
 """
 
 from __future__ import annotations
@@ -78,7 +79,6 @@ import logging
 import math
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import replace
-from fractions import Fraction
 from typing import Any, Final, Literal, TypeAlias
 
 from bumble import att, core, hci
@@ -113,11 +113,9 @@ from hrvstream.protocol.heart_rate import (
     HEART_RATE_MEASUREMENT_UUID,
     RESET_ENERGY_EXPENDED,
     BodySensorLocation,
-    HeartRateMeasurement,
     HeartRateParseError,
     encode_heart_rate_measurement,
     parse_heart_rate_measurement,
-    rr_ms_to_raw,
 )
 
 __all__ = [
@@ -129,7 +127,6 @@ __all__ = [
     "OnDrop",
     "PlaybackRecord",
     "VirtualStrap",
-    "rr_to_notifications",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +154,35 @@ _DEFAULT_ADVERTISING_INTERVAL_MS: Final = 100.0
 _DEFAULT_MAX_MTU: Final = 247
 
 
+_CONTACT_DETAILS: Final[dict[str | None, bool | None]] = {
+    "detected": True,
+    "lost": False,
+    "passthrough": None,
+    None: None,
+}
+
+
+def _check_cue(index: int, event: CaptureEvent) -> None:
+    """Reject a strap cue whose ``detail`` the strap could not act on, before playback."""
+    detail = event.detail
+    problem: str | None = None
+    if event.event == EVENT_STRAP_DROP and detail is not None:
+        try:
+            gap = float(detail)
+        except ValueError:
+            gap = math.nan
+        if not math.isfinite(gap) or gap < 0:
+            problem = "a gap in seconds (finite, >= 0) or no detail"
+    elif event.event == EVENT_STRAP_CONTACT and detail not in _CONTACT_DETAILS:
+        problem = "'detected', 'lost' or 'passthrough'"
+    elif event.event == EVENT_STRAP_BATTERY and not (
+        detail is not None and detail.isdigit() and int(detail) <= 100
+    ):
+        problem = "a battery percentage 0..100"
+    if problem is not None:
+        raise ValueError(f"record {index}: {event.event} detail must be {problem}, got {detail!r}")
+
+
 def _normalise(records: Iterable[PlaybackRecord]) -> tuple[Notification | CaptureEvent, ...]:
     out: list[Notification | CaptureEvent] = []
     last_t = -math.inf
@@ -172,6 +198,8 @@ def _normalise(records: Iterable[PlaybackRecord]) -> tuple[Notification | Captur
                 f"record {i} must be a Notification, a CaptureEvent or a (t_s, payload) "
                 f"tuple, got {type(record).__name__}"
             )
+        if isinstance(item, CaptureEvent):
+            _check_cue(i, item)
         if item.t_s < last_t:
             raise ValueError(f"record {i}: t_s goes backwards ({item.t_s!r} after {last_t!r})")
         last_t = item.t_s
@@ -291,7 +319,10 @@ class VirtualStrap:
         self._check_battery(battery_pct)
         self._radio = radio
         self._address = (address or radio.allocate_peripheral_address()).upper()
-        hci.Address(self._address)  # validate early
+        try:
+            hci.Address(self._address)
+        except (core.InvalidArgumentError, ValueError):
+            raise ValueError(f"not a BLE address: {address!r}") from None
         self._name = name if name is not None else f"Virtual HRM {self._address[-5:]}"
         if len(self._name.encode("utf-8")) > 22:
             raise ValueError(f"name must be at most 22 UTF-8 bytes, got {self._name!r}")
@@ -434,13 +465,13 @@ class VirtualStrap:
             Characteristic.Permissions(0),
             b"",
         )
-        location = Characteristic(
+        location: Characteristic[bytes] = Characteristic(
             GATT_BODY_SENSOR_LOCATION_CHARACTERISTIC,
             Characteristic.Properties.READ,
             Characteristic.Permissions.READABLE,
             CharacteristicValue[bytes](read=lambda _c: bytes((int(self._location),))),
         )
-        control_point = Characteristic(
+        control_point: Characteristic[bytes] = Characteristic(
             GATT_HEART_RATE_CONTROL_POINT_CHARACTERISTIC,
             Characteristic.Properties.WRITE,
             Characteristic.Permissions.WRITEABLE,
@@ -525,11 +556,16 @@ class VirtualStrap:
             self._play_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._play_task
-        for task in list(self._background):
-            task.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Let in-flight background commands (re-advertising after a drop) finish:
+        # cancelling one mid-command leaves Bumble's host with a cancelled response
+        # future that its controller's answer then trips over (InvalidStateError).
+        pending = list(self._background)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=5.0)
+            for task in late:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         device = self._device
         if device is not None:
             with contextlib.suppress(core.BaseBumbleError):
@@ -676,12 +712,22 @@ class VirtualStrap:
         if self._speed is not None:
             self._run_timeline(self._items[self._pos].t_s)
         self._play_task = asyncio.get_running_loop().create_task(self._play())
+        self._play_task.add_done_callback(self._on_play_done)
         logger.info(
             "virtual strap %s: playback of %d records starts (speed %s)",
             self._name,
             len(self._items) - self._pos,
             "max" if self._speed is None else self._speed,
         )
+
+    def _on_play_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error(
+                "virtual strap %s: playback failed at record %d",
+                self._name,
+                self._pos,
+                exc_info=exc,
+            )
 
     async def _play(self) -> None:
         items = self._items
@@ -753,23 +799,15 @@ class VirtualStrap:
         if name == EVENT_DISCONNECTED and self._replay_link_events:
             await self.drop_link(gap_s=self._gaps.get(index))
         elif name == EVENT_STRAP_DROP:
-            await self.drop_link(gap_s=float(detail) if detail else None)
+            await self.drop_link(gap_s=float(detail) if detail is not None else None)
         elif name == EVENT_STRAP_SILENT:
             await self.go_silent()
         elif name == EVENT_STRAP_RESUME:
             await self.resume()
         elif name == EVENT_STRAP_CONTACT:
-            states: dict[str | None, bool | None] = {
-                "detected": True,
-                "lost": False,
-                "passthrough": None,
-                None: None,
-            }
-            if detail not in states:
-                raise ValueError(f"strap_contact detail must be detected/lost/passthrough: {detail!r}")
-            await self.set_contact(states[detail])
+            await self.set_contact(_CONTACT_DETAILS[detail])
         elif name == EVENT_STRAP_BATTERY:
-            await self.set_battery(int(detail or "0"))
+            await self.set_battery(int(detail or ""))
         else:
             logger.debug("virtual strap %s: event %r at %r ignored", self._name, name, event.t_s)
 
@@ -975,108 +1013,3 @@ class VirtualStrap:
             f"VirtualStrap({self._name!r}, {self._address}, records={len(self._items)}, "
             f"position={self._pos}, speed={self._speed})"
         )
-
-
-def rr_to_notifications(
-    rr_ms: Iterable[float],
-    *,
-    start_s: float = 0.0,
-    period_s: float = 1.0,
-    contact: bool | None = True,
-    uuid: str = HEART_RATE_MEASUREMENT_UUID,
-) -> list[Notification]:
-    """Encode an RR series as the Heart Rate Measurement notifications a strap would send.
-
-    The rule, computed in exact rational arithmetic on the floats' true values:
-
-    1. Beat ``k`` (``k = 1..n``) happens at ``T_k = start_s + (rr_1 + ... + rr_k) / 1000``
-       seconds: the series starts with a beat at ``start_s`` that closes no interval.
-    2. Notifications go out on a tick grid ``start_s + m * period_s``, ``m = 1, 2, ...``.
-       Beat ``k`` is reported at tick ``m_k = ceil((T_k - start_s) / period_s)``: the time
-       of the beat rounded *up* to the grid, a beat exactly on a tick belonging to that
-       tick. So a notification carries the beats in ``(tick_{m-1}, tick_m]``, oldest first.
-    3. There is one notification per tick from the first beat's tick to the last beat's
-       tick, including ticks without beats (no RR field, like a strap during a long
-       interval).
-    4. Heart rate: ``round(60000 / mean)`` of the notification's RR values in ms (Python's
-       round half to even), or the previous notification's value when it carries none;
-       sent as uint16 only if above 255.
-    5. RR values: :func:`~hrvstream.protocol.heart_rate.rr_ms_to_raw` (nearest 1/1024 s).
-    6. Sensor contact: supported and detected (``contact=True``), supported and not
-       detected (``False``) or not supported (``None``); no energy field.
-    7. The notification's ``t_s`` is its tick, converted to the nearest float.
-
-    The number of RR values per notification is not capped (at the default ATT MTU of 23
-    a payload holds 9, which needs a heart rate above 540 bpm at one notification per
-    second).
-
-    Parameters
-    ----------
-    rr_ms:
-        RR intervals in milliseconds, each finite and ``> 0``.
-    start_s:
-        Time of the beat that starts the series, seconds, ``>= 0``.
-    period_s:
-        Tick spacing, seconds, ``> 0`` (about 1 s on real straps).
-    contact:
-        Sensor contact bits, see rule 6.
-    uuid:
-        The characteristic UUID of the records.
-
-    Returns
-    -------
-    list[Notification]
-        The sequence, in time order; empty for an empty series.
-
-    Raises
-    ------
-    ValueError
-        If an RR value is not finite and positive (or does not fit a uint16 in 1/1024 s),
-        or ``start_s``/``period_s`` is out of range.
-
-    Examples
-    --------
-    >>> ns = rr_to_notifications([800.0, 800.0, 1500.0])
-    >>> [(n.t_s, n.payload.hex()) for n in ns]
-    [(1.0, '164b3303'), (2.0, '164b3303'), (3.0, '064b'), (4.0, '16280006')]
-    """
-    if not math.isfinite(start_s) or start_s < 0:
-        raise ValueError(f"start_s must be finite and >= 0, got {start_s!r}")
-    if not math.isfinite(period_s) or period_s <= 0:
-        raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
-    start = Fraction(start_s)
-    period = Fraction(period_s)
-    elapsed = Fraction(0)
-    by_tick: dict[int, list[float]] = {}
-    for i, rr in enumerate(rr_ms):
-        if isinstance(rr, bool) or not isinstance(rr, int | float):
-            raise ValueError(f"rr_ms[{i}] must be a number, got {type(rr).__name__}")
-        if not math.isfinite(rr) or rr <= 0:
-            raise ValueError(f"rr_ms[{i}] must be finite and > 0, got {rr!r}")
-        elapsed += Fraction(rr) / 1000
-        tick = math.ceil(elapsed / period)
-        by_tick.setdefault(tick, []).append(float(rr))
-    if not by_tick:
-        return []
-    out: list[Notification] = []
-    heart_rate = 0
-    for tick in range(min(by_tick), max(by_tick) + 1):
-        rrs = by_tick.get(tick, [])
-        if rrs:
-            mean = sum((Fraction(r) for r in rrs), Fraction(0)) / len(rrs)
-            heart_rate = round(Fraction(60000) / mean)
-        m = HeartRateMeasurement(
-            heart_rate_bpm=heart_rate,
-            uint16_format=heart_rate > 0xFF,
-            sensor_contact_supported=contact is not None,
-            sensor_contact_detected=contact,
-            rr_raw=tuple(rr_ms_to_raw(r) for r in rrs),
-        )
-        out.append(
-            Notification(
-                t_s=float(start + tick * period),
-                uuid=uuid,
-                payload=encode_heart_rate_measurement(m),
-            )
-        )
-    return out

@@ -28,8 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
+from hrvstream.protocol.capture import Notification
 from hrvstream.protocol.heart_rate import (
+    HEART_RATE_MEASUREMENT_UUID,
     HeartRateMeasurement,
     HeartRateParseError,
     encode_heart_rate_measurement,
@@ -116,72 +119,108 @@ class BeatTimer:
 
 
 def encode_rr_as_notifications(
-    rr_ms: Sequence[float],
+    rr_ms: Iterable[float],
     *,
+    start_s: float = 0.0,
     period_s: float = 1.0,
     contact: bool | None = True,
-) -> list[tuple[float, bytes]]:
-    """Heart Rate Measurement notifications a strap would send for these beats.
+    uuid: str = HEART_RATE_MEASUREMENT_UUID,
+) -> list[Notification]:
+    """Encode an RR series as the Heart Rate Measurement notifications a strap would send.
 
-    Rule: the first beat (the one that starts interval 0) is at t = 0. A notification goes
-    out at every multiple of ``period_s`` (t = 1, 2, 3, ... s), carrying the RR intervals
-    of the beats that ended since the previous notification (none, one or several), plus
-    one at the first tick at or after the last beat. Each RR is rounded to the strap's
-    1/1024 s tick. The heart rate field is ``round(60000 / mean RR)`` of the RRs in the
-    notification, or the previous value when there are none.
+    The rule, computed in exact rational arithmetic on the floats' true values:
+
+    1. Beat ``k`` (``k = 1..n``) happens at ``T_k = start_s + (rr_1 + ... + rr_k) / 1000``
+       seconds: the series starts with a beat at ``start_s`` that closes no interval.
+    2. Notifications go out on a tick grid ``start_s + m * period_s``, ``m = 1, 2, ...``.
+       Beat ``k`` is reported at tick ``m_k = ceil((T_k - start_s) / period_s)``: the time
+       of the beat rounded *up* to the grid, a beat exactly on a tick belonging to that
+       tick. So a notification carries the beats in ``(tick_{m-1}, tick_m]``, oldest first.
+    3. There is one notification per tick from the first beat's tick to the last beat's
+       tick, including ticks without beats (no RR field, like a strap during a long
+       interval).
+    4. Heart rate: ``round(60000 / mean)`` of the notification's RR values in ms (Python's
+       round half to even), or the previous notification's value when it carries none;
+       sent as uint16 only if above 255.
+    5. RR values: :func:`~hrvstream.protocol.heart_rate.rr_ms_to_raw` (nearest 1/1024 s).
+    6. Sensor contact: supported and detected (``contact=True``), supported and not
+       detected (``False``) or not supported (``None``); no energy field.
+    7. The notification's ``t_s`` is its tick, converted to the nearest float.
+
+    The number of RR values per notification is not capped (at the default ATT MTU of 23
+    a payload holds 9, which needs a heart rate above 540 bpm at one notification per
+    second).
 
     Parameters
     ----------
     rr_ms:
-        RR intervals in ms.
+        RR intervals in milliseconds, each finite and ``> 0``.
+    start_s:
+        Time of the beat that starts the series, seconds, ``>= 0``.
     period_s:
-        Seconds between notifications.
+        Tick spacing, seconds, ``> 0`` (about 1 s on real straps).
     contact:
-        Sensor contact to report: ``True``/``False`` (supported, detected or not) or
-        ``None`` (contact detection not supported).
+        Sensor contact bits, see rule 6.
+    uuid:
+        The characteristic UUID of the records.
 
     Returns
     -------
-    list of (t_s, payload)
-        Notification times (seconds after the first beat) and payload bytes.
+    list[Notification]
+        The sequence, in time order; empty for an empty series.
+
+    Raises
+    ------
+    ValueError
+        If an RR value is not finite and positive (or does not fit a uint16 in 1/1024 s),
+        or ``start_s``/``period_s`` is out of range.
+
+    Examples
+    --------
+    >>> ns = encode_rr_as_notifications([800.0, 800.0, 1500.0])
+    >>> [(n.t_s, n.payload.hex()) for n in ns]
+    [(1.0, '164b3303'), (2.0, '164b3303'), (3.0, '064b'), (4.0, '16280006')]
     """
-    raws = [rr_ms_to_raw(v) for v in rr_ms]
-    out: list[tuple[float, bytes]] = []
-    t = 0.0
-    tick = 1
-    pending: list[int] = []
-    hr = 0
-    for raw in raws:
-        t += raw / 1024.0
-        while t > tick * period_s:
-            out.append((tick * period_s, _payload(pending, hr, contact)))
-            hr = _hr(pending, hr)
-            pending = []
-            tick += 1
-        pending.append(raw)
-    if pending:
-        out.append((tick * period_s, _payload(pending, hr, contact)))
+    if not math.isfinite(start_s) or start_s < 0:
+        raise ValueError(f"start_s must be finite and >= 0, got {start_s!r}")
+    if not math.isfinite(period_s) or period_s <= 0:
+        raise ValueError(f"period_s must be finite and > 0, got {period_s!r}")
+    start = Fraction(start_s)
+    period = Fraction(period_s)
+    elapsed = Fraction(0)
+    by_tick: dict[int, list[float]] = {}
+    for i, rr in enumerate(rr_ms):
+        if isinstance(rr, bool) or not isinstance(rr, int | float):
+            raise ValueError(f"rr_ms[{i}] must be a number, got {type(rr).__name__}")
+        if not math.isfinite(rr) or rr <= 0:
+            raise ValueError(f"rr_ms[{i}] must be finite and > 0, got {rr!r}")
+        elapsed += Fraction(rr) / 1000
+        tick = math.ceil(elapsed / period)
+        by_tick.setdefault(tick, []).append(float(rr))
+    if not by_tick:
+        return []
+    out: list[Notification] = []
+    heart_rate = 0
+    for tick in range(min(by_tick), max(by_tick) + 1):
+        rrs = by_tick.get(tick, [])
+        if rrs:
+            mean = sum((Fraction(r) for r in rrs), Fraction(0)) / len(rrs)
+            heart_rate = round(Fraction(60000) / mean)
+        m = HeartRateMeasurement(
+            heart_rate_bpm=heart_rate,
+            uint16_format=heart_rate > 0xFF,
+            sensor_contact_supported=contact is not None,
+            sensor_contact_detected=contact,
+            rr_raw=tuple(rr_ms_to_raw(r) for r in rrs),
+        )
+        out.append(
+            Notification(
+                t_s=float(start + tick * period),
+                uuid=uuid,
+                payload=encode_heart_rate_measurement(m),
+            )
+        )
     return out
-
-
-def _hr(raws: Iterable[int], previous: int) -> int:
-    vals = list(raws)
-    if not vals:
-        return previous
-    mean_ms = sum(vals) * 1000.0 / 1024.0 / len(vals)
-    return max(1, min(255, round(60000.0 / mean_ms)))
-
-
-def _payload(raws: list[int], previous_hr: int, contact: bool | None) -> bytes:
-    m = HeartRateMeasurement(
-        heart_rate_bpm=_hr(raws, previous_hr) if raws or previous_hr else 0,
-        uint16_format=False,
-        sensor_contact_supported=contact is not None,
-        sensor_contact_detected=contact,
-        energy_expended_kj=None,
-        rr_raw=tuple(raws),
-    )
-    return encode_heart_rate_measurement(m)
 
 
 class StrapDecoder:

@@ -29,8 +29,8 @@ from hrvstream.adapters.virtual_strap import (
     EVENT_STRAP_RESUME,
     EVENT_STRAP_SILENT,
     VirtualStrap,
-    rr_to_notifications,
 )
+from hrvstream.protocol.beat_timing import encode_rr_as_notifications
 from hrvstream.protocol.capture import (
     EVENT_CONNECTED,
     EVENT_DISCONNECTED,
@@ -216,9 +216,7 @@ def test_connect_by_address_and_by_name_then_read_characteristics() -> None:
 def test_unknown_address_raises_device_not_found() -> None:
     async def body() -> None:
         async with VirtualRadio() as radio:
-            client = BleakClient(
-                "F0:00:00:00:0F:FF", timeout=0.3, backend=radio.client_backend()
-            )
+            client = BleakClient("F0:00:00:00:0F:FF", timeout=0.3, backend=radio.client_backend())
             with pytest.raises(BleakDeviceNotFoundError):
                 await client.connect()
             with pytest.raises(BleakError, match="Not connected"):
@@ -274,7 +272,7 @@ def test_subscribe_receives_sequence_exactly_at_finite_speed() -> None:
             # the clock ran on the recording's time axis at 20x
             assert got.times == sorted(got.times)
             for (t, _), now in zip(records, got.times, strict=True):
-                assert t <= now < t + 1.0
+                assert t <= now < t + 5.0  # 5 recorded s = 250 ms of latency at 20x
 
     run(body)
 
@@ -303,13 +301,21 @@ def test_two_straps_at_once_each_deliver_their_own_data() -> None:
             rec_a = [(0.05 * i, hr_payload(i)) for i in range(30)]
             rec_b = [(0.05 * i, hr_payload(1000 + i)) for i in range(25)]
             strap_a = VirtualStrap(
-                radio, rec_a, name="Strap A", speed=10.0, clock=VirtualClock(),
+                radio,
+                rec_a,
+                name="Strap A",
+                speed=10.0,
+                clock=VirtualClock(),
                 advertising_interval_ms=20,
-            )  # fmt: skip
+            )
             strap_b = VirtualStrap(
-                radio, rec_b, name="Strap B", speed=10.0, clock=VirtualClock(),
+                radio,
+                rec_b,
+                name="Strap B",
+                speed=10.0,
+                clock=VirtualClock(),
                 advertising_interval_ms=20,
-            )  # fmt: skip
+            )
             await strap_a.start()
             await strap_b.start()
             assert strap_a.address != strap_b.address
@@ -381,7 +387,7 @@ def test_scheduled_silence_then_resume() -> None:
 def test_contact_loss_re_encodes_following_payloads() -> None:
     async def body() -> None:
         async with VirtualRadio() as radio:
-            beats = rr_to_notifications([800.0 + (i % 7) * 10 for i in range(40)])
+            beats = encode_rr_as_notifications([800.0 + (i % 7) * 10 for i in range(40)])
             half = len(beats) // 2
             records: list[Notification | CaptureEvent] = [
                 *beats[:half],
@@ -546,7 +552,7 @@ def test_manual_drop_at_finite_speed_fires_callback_and_notifications_resume() -
     async def body() -> None:
         async with VirtualRadio() as radio:
             records = [(0.1 * i, hr_payload(i)) for i in range(400)]
-            strap = VirtualStrap(radio, records, speed=50.0, advertising_interval_ms=20)
+            strap = VirtualStrap(radio, records, speed=200.0, advertising_interval_ms=20)
             await strap.start()
             device = await find(radio, strap)
             got = Collector()
@@ -575,6 +581,41 @@ def test_manual_drop_at_finite_speed_fires_callback_and_notifications_resume() -
             index = {p: i for i, (_, p) in enumerate(records)}
             positions = [index[p] for p in got.payloads]
             assert positions == sorted(positions)  # in order, no duplicates
+
+    run(body)
+
+
+def test_manual_drop_with_pause_policy_loses_nothing_and_clock_stays_monotonic() -> None:
+    async def body() -> None:
+        async with VirtualRadio() as radio:
+            records = [(0.1 * i, hr_payload(i)) for i in range(300)]
+            strap = VirtualStrap(
+                radio, records, speed=50.0, on_drop="pause", advertising_interval_ms=20
+            )
+            await strap.start()
+            device = await find(radio, strap)
+            got = Collector(radio.clock, expect=len(records))
+            dropped = asyncio.Event()
+            backend = radio.client_backend()
+            client = BleakClient(device, lambda c: dropped.set(), backend=backend)
+            await client.connect()
+            await client.start_notify(HR, got)
+            await strap.wait_for(lambda s: s.notifications_sent >= 20, timeout=STEP)
+            await strap.drop_link(gap_s=5.0)  # ignored by "pause"
+            async with asyncio.timeout(STEP):
+                await dropped.wait()
+            frozen = radio.clock.now()
+            assert not radio.clock.running  # the recording's time stopped with the link
+            client = await establish_connection(
+                BleakClient, device, "strap", lambda c: None, backend=backend
+            )
+            await client.start_notify(HR, got)
+            await got.wait()
+            await client.disconnect()
+            assert got.payloads == [p for _, p in records]
+            assert strap.notifications_skipped == 0
+            assert got.times == sorted(got.times)
+            assert frozen <= got.times[len(got.times) // 2]
 
     run(body)
 
@@ -657,7 +698,7 @@ def test_lockstep_holds_for_coroutine_callbacks() -> None:
 
 def test_rr_to_notifications_rule() -> None:
     # beats at 0.8, 1.6, 2.0 (exactly on a tick), 3.5, 5.5 (no beat in (4, 5])
-    ns = rr_to_notifications([800.0, 800.0, 400.0, 1500.0, 2000.0], start_s=10.0)
+    ns = encode_rr_as_notifications([800.0, 800.0, 400.0, 1500.0, 2000.0], start_s=10.0)
     decoded = [parse_heart_rate_measurement(n.payload) for n in ns]
     assert [n.t_s for n in ns] == [11.0, 12.0, 13.0, 14.0, 15.0, 16.0]
     assert [m.rr_raw for m in decoded] == [
@@ -672,25 +713,28 @@ def test_rr_to_notifications_rule() -> None:
     assert all(m.sensor_contact_detected is True for m in decoded)
     assert all(n.uuid == HR for n in ns)
 
-    fast = parse_heart_rate_measurement(rr_to_notifications([200.0] * 5)[0].payload)
+    fast = parse_heart_rate_measurement(encode_rr_as_notifications([200.0] * 5)[0].payload)
     assert fast.heart_rate_bpm == 300 and fast.uint16_format and len(fast.rr_raw) == 5
 
-    # round half to even: 60000 / 960 = 62.5 -> 62; 60000 / 952.380... handled exactly
-    assert parse_heart_rate_measurement(rr_to_notifications([960.0])[0].payload).heart_rate_bpm == 62
-    no_contact = parse_heart_rate_measurement(rr_to_notifications([900.0], contact=None)[0].payload)
+    # round half to even: 60000 / 960 = 62.5 -> 62
+    tie = parse_heart_rate_measurement(encode_rr_as_notifications([960.0])[0].payload)
+    assert tie.heart_rate_bpm == 62
+    no_contact = parse_heart_rate_measurement(
+        encode_rr_as_notifications([900.0], contact=None)[0].payload
+    )
     assert no_contact.sensor_contact_supported is False
 
-    assert rr_to_notifications([]) == []
+    assert encode_rr_as_notifications([]) == []
     with pytest.raises(ValueError):
-        rr_to_notifications([800.0, 0.0])
+        encode_rr_as_notifications([800.0, 0.0])
     with pytest.raises(ValueError):
-        rr_to_notifications([800.0], period_s=0.0)
+        encode_rr_as_notifications([800.0], period_s=0.0)
 
 
 def test_rr_to_notifications_keeps_every_beat() -> None:
     rng = random.Random(7)
     rr = [rng.uniform(350.0, 1600.0) for _ in range(2000)]
-    ns = rr_to_notifications(rr, period_s=1.0)
+    ns = encode_rr_as_notifications(rr, period_s=1.0)
     raws = [r for n in ns for r in parse_heart_rate_measurement(n.payload).rr_raw]
     assert raws == [rr_ms_to_raw(x) for x in rr]
     assert [n.t_s for n in ns] == [float(k) for k in range(1, len(ns) + 1)]
@@ -738,7 +782,14 @@ def test_strap_argument_validation() -> None:
             VirtualStrap(radio, [1.0])  # type: ignore[list-item]
         with pytest.raises(ValueError):
             VirtualStrap(radio, on_drop="drop")  # type: ignore[arg-type]
+        for bad in (
+            CaptureEvent(0.0, EVENT_STRAP_CONTACT, "maybe"),
+            CaptureEvent(0.0, EVENT_STRAP_DROP, "-1"),
+            CaptureEvent(0.0, "strap_battery", "101"),
+            CaptureEvent(0.0, "strap_battery"),
+        ):
+            with pytest.raises(ValueError, match="detail"):
+                VirtualStrap(radio, [bad])
         await radio.aclose()
 
     run(body)
-

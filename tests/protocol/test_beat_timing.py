@@ -31,21 +31,21 @@ def _quantised(rr: list[float]) -> list[float]:
 
 def test_encoder_carries_every_beat_once_with_strap_rounding() -> None:
     rr = _rr()
-    notes = encode_rr_as_notifications(rr)
+    notes = _pairs(rr)
     carried = [v for _, p in notes for v in parse_heart_rate_measurement(p).rr_ms]
     assert carried == _quantised(rr)
     times = [t for t, _ in notes]
     assert times == [float(k) for k in range(1, len(times) + 1)]
     # each notification carries the beats that ended in the second before it
-    t = 0.0
+    ends = iter(np.cumsum(rr) / 1000)
     for tick, payload in notes:
-        for v in parse_heart_rate_measurement(payload).rr_ms:
-            t += v / 1000
+        for _ in parse_heart_rate_measurement(payload).rr_ms:
+            t = next(ends)
             assert tick - 1 < t <= tick + 1e-9
 
 
 def test_encoder_sends_hr_only_notifications_in_slow_seconds() -> None:
-    notes = encode_rr_as_notifications([1500.0] * 20)
+    notes = _pairs([1500.0] * 20)
     parsed = [parse_heart_rate_measurement(p) for _, p in notes]
     assert any(not m.rr_raw for m in parsed)
     assert all(m.heart_rate_bpm == 40 for m in parsed[1:])
@@ -55,7 +55,7 @@ def test_encoder_sends_hr_only_notifications_in_slow_seconds() -> None:
 def test_timer_keeps_a_continuous_timeline() -> None:
     rr = _rr()
     timer = BeatTimer()
-    beats = [b for t, p in encode_rr_as_notifications(rr) for b in _push(timer, t, p)]
+    beats = [b for t, p in _pairs(rr) for b in _push(timer, t, p)]
     assert len(beats) == len(rr)
     q = np.array(_quantised(rr))
     t = np.array([b.t_s for b in beats])
@@ -68,7 +68,7 @@ def test_arrival_jitter_does_not_bend_the_timeline() -> None:
     rng = np.random.default_rng(5)
     timer = BeatTimer()
     beats = []
-    for t, p in encode_rr_as_notifications(rr):
+    for t, p in _pairs(rr):
         beats.extend(_push(timer, t + float(rng.uniform(0, 0.9)), p))
     times = np.array([b.t_s for b in beats])
     np.testing.assert_allclose(np.diff(times) * 1000, np.array(_quantised(rr))[1:], atol=1e-9)
@@ -77,7 +77,7 @@ def test_arrival_jitter_does_not_bend_the_timeline() -> None:
 
 def test_lost_notifications_leave_a_gap_and_invent_nothing() -> None:
     rr = _rr()
-    notes = encode_rr_as_notifications(rr)
+    notes = _pairs(rr)
     lost = range(100, 104)  # four seconds of notifications never arrive
     timer = BeatTimer()
     beats = [b for i, (t, p) in enumerate(notes) if i not in lost for b in _push(timer, t, p)]
@@ -95,7 +95,7 @@ def test_lost_notifications_leave_a_gap_and_invent_nothing() -> None:
 
 def test_link_lost_marks_even_a_short_gap() -> None:
     rr = _rr()
-    notes = encode_rr_as_notifications(rr)
+    notes = _pairs(rr)
     timer = BeatTimer()
     beats = []
     for i, (t, p) in enumerate(notes):
@@ -110,7 +110,7 @@ def test_link_lost_marks_even_a_short_gap() -> None:
 
 def test_decoder_counts_malformed_payloads_and_keeps_going() -> None:
     rr = _rr(200)
-    notes = encode_rr_as_notifications(rr)
+    notes = _pairs(rr)
     dec = StrapDecoder()
     beats = []
     for i, (t, p) in enumerate(notes):
@@ -130,7 +130,7 @@ def test_decoder_counts_malformed_payloads_and_keeps_going() -> None:
 def test_times_increase_and_match_rr_without_loss(rr: list[float], jitter: float) -> None:
     timer = BeatTimer()
     beats = []
-    for k, (t, p) in enumerate(encode_rr_as_notifications(rr)):
+    for k, (t, p) in enumerate(_pairs(rr)):
         beats.extend(_push(timer, t + (jitter if k % 2 else 0.0), p))
     assert len(beats) == len(rr)
     for b1, b2 in itertools.pairwise(beats):
@@ -144,3 +144,7 @@ def test_invalid_threshold() -> None:
 
 def _push(timer: BeatTimer, t: float, payload: bytes) -> list[TimedBeat]:
     return timer.push(t, parse_heart_rate_measurement(payload).rr_ms)
+
+
+def _pairs(rr: list[float]) -> list[tuple[float, bytes]]:
+    return [(n.t_s, n.payload) for n in encode_rr_as_notifications(rr)]
