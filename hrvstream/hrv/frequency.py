@@ -185,7 +185,10 @@ def _segments_impl(
     win: FloatArray,
     out: FloatArray,
 ) -> None:  # pragma: no cover - compiled; covered through band_powers
-    """Fill ``out[w, seg]`` with window ``w``'s Hann-weighted Welch segments, zero-padded.
+    """Fill ``out[w, seg, :nperseg]`` with window ``w``'s Hann-weighted Welch segments.
+
+    The zero padding beyond ``nperseg`` is the caller's: the buffer is reused, and its
+    padding written once.
 
     Per window: solve the spline's tridiagonal collocation system (Thomas algorithm),
     evaluate the spline on the grid ``x0 + k/fs`` (``k < n_samples``; past the last beat
@@ -193,7 +196,6 @@ def _segments_impl(
     whose knots all lie between beats come from the precomputed tables.
     """
     h = 1.0 / fs
-    width = out.shape[2]
     for w in numba.prange(len(starts)):
         s = starts[w]
         n = ends[w] - s
@@ -274,8 +276,6 @@ def _segments_impl(
             base = sg * step
             for m in range(nperseg):
                 out[w, sg, m] = (vals[base + m] - mean) * win[m]
-            for m in range(nperseg, width):
-                out[w, sg, m] = 0.0
 
 
 def _band_sums_impl(
@@ -470,14 +470,17 @@ def band_powers(
             w_lf, w_hf, length = _smooth_weights(n_s, fs, cfg)
             win = _hann(nperseg)
             per_chunk = max(1, _CHUNK_SAMPLES // (nseg * length))
-            if scratch is None:
-                scratch = np.empty(max(_CHUNK_SAMPLES, nseg * length))
+            # One scratch buffer for the whole call; per layout its zero padding is
+            # written once, and the kernel fills the segments' samples of every chunk.
+            nrows = min(per_chunk, len(sel))
+            need = nrows * nseg * length
+            if scratch is None or len(scratch) < need:
+                scratch = np.empty(max(need, _CHUNK_SAMPLES))
+            buf_all = scratch[:need].reshape(nrows, nseg, length)
+            buf_all[:, :, nperseg:] = 0.0
             for c0 in range(0, len(sel), per_chunk):
                 rows = sel[c0 : c0 + per_chunk]
-                need = len(rows) * nseg * length
-                if need > len(scratch):
-                    scratch = np.empty(need)
-                buf = scratch[:need].reshape(len(rows), nseg, length)
+                buf = buf_all[: len(rows)]
                 parallel = len(rows) >= _PARALLEL_MIN_WINDOWS
                 segments = _segments_parallel if parallel else _segments_serial
                 segments(
