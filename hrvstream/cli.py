@@ -40,6 +40,19 @@ def _step(text: str) -> float | None:
     return parse_duration(text, what="--step")
 
 
+def _add_input_options(p: argparse.ArgumentParser, formats: Sequence[str]) -> None:
+    """Options about reading the input recording, shared by analyze and replay."""
+    p.add_argument("--window", default="300", help="window length (default 300 s; 5m works)")
+    p.add_argument(
+        "--no-correct", action="store_true", help="compute on the raw intervals (no correction)"
+    )
+    p.add_argument("--input-format", choices=formats, help="force the input format")
+    p.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak sample-index files")
+    p.add_argument(
+        "--lenient", action="store_true", help="skip malformed lines and report how many"
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from hrvstream.recordings.readers import FORMATS
 
@@ -64,14 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     a.add_argument("input", help="recording file ('-' reads one RR per line from stdin)")
-    a.add_argument("--window", default="300", help="window length (default 300 s; 5m works)")
     a.add_argument(
         "--step",
         default="5",
         help="seconds between window ends, or 'beat' for a window at every beat (default 5)",
-    )
-    a.add_argument(
-        "--no-correct", action="store_true", help="compute on the raw intervals (no correction)"
     )
     a.add_argument(
         "--per-beat",
@@ -88,11 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
             f"({', '.join(FORMATS)}) forces the input format. May be given twice."
         ),
     )
-    a.add_argument("--input-format", choices=FORMATS, help="force the input format")
-    a.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak sample-index files")
-    a.add_argument(
-        "--lenient", action="store_true", help="skip malformed lines and report how many"
-    )
+    _add_input_options(a, FORMATS)
     a.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
     a.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
@@ -149,6 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the per-beat metric rows (analyze CSV format) to PATH ('-' = stdout)",
     )
+    _add_input_options(r, FORMATS)
     r.add_argument(
         "--ble",
         choices=("none", "virtual"),
@@ -158,11 +164,6 @@ def _build_parser() -> argparse.ArgumentParser:
             "play them from a virtual strap on a Bumble BLE stack through bleak"
         ),
     )
-    r.add_argument("--window", default="300", help="window length (default 300 s)")
-    r.add_argument("--no-correct", action="store_true", help="no artifact correction")
-    r.add_argument("--input-format", choices=FORMATS, help="force the input format")
-    r.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak sample-index files")
-    r.add_argument("--lenient", action="store_true", help="skip malformed lines")
 
     s = sub.add_parser(
         "simulate",

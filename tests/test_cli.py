@@ -14,21 +14,12 @@ import pytest
 
 from hrvstream.cli import main, parse_duration
 from hrvstream.errors import ConfigError
+from tests.clirun import hrvstream
 
 HEADER = (
     "t_s,n_beats,coverage,artifact_pct,mean_hr_bpm,mean_nn_ms,sdnn_ms,rmssd_ms,"
     "pnn50_pct,lf_ms2,hf_ms2,lf_hf"
 )
-
-
-def run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hrvstream.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +96,7 @@ def test_no_correct_changes_results_with_artifacts(tmp_path: Path) -> None:
 def test_malformed_line_is_a_clear_error_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("800\n810\nabc\n820\n")
-    proc = run(["analyze", str(bad)])
+    proc = hrvstream(["analyze", str(bad)])
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert f"{bad}, line 3" in proc.stderr
@@ -115,45 +106,38 @@ def test_malformed_line_is_a_clear_error_without_traceback(tmp_path: Path) -> No
 def test_lenient_skips_and_reports(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("\n".join(["800", "x", "810", "0", *["805"] * 400]) + "\n")
-    proc = run(["analyze", str(bad), "--lenient"])
+    proc = hrvstream(["analyze", str(bad), "--lenient"])
     assert proc.returncode == 0, proc.stderr
     assert "skipped 2 malformed lines" in proc.stderr
     assert proc.stdout.startswith("t_s,")
 
 
 def test_missing_file_and_bad_options(tmp_path: Path) -> None:
-    proc = run(["analyze", str(tmp_path / "nope.txt")])
+    proc = hrvstream(["analyze", str(tmp_path / "nope.txt")])
     assert proc.returncode == 1 and "nope.txt" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run(["analyze", str(tmp_path / "nope.txt"), "--window", "abc"])
+    proc = hrvstream(["analyze", str(tmp_path / "nope.txt"), "--window", "abc"])
     assert proc.returncode == 1 and "--window" in proc.stderr
-    proc = run(["analyze", "x.txt", "--format", "xml"])
+    proc = hrvstream(["analyze", "x.txt", "--format", "xml"])
     assert proc.returncode == 1 and "csv or json" in proc.stderr
 
 
 def test_stdin_input(session: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hrvstream.cli", "analyze", "-", "--window", "60"],
-        input=session.read_text(),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    proc = hrvstream(["analyze", "-", "--window", "60"], input=session.read_text())
     assert proc.returncode == 0, proc.stderr
     assert len(_rows(proc.stdout)) > 100
 
 
 def test_unwritable_output_is_a_clear_error(session: Path, tmp_path: Path) -> None:
-    proc = run(["analyze", str(session), "-o", str(tmp_path / "no" / "such" / "dir.csv")])
+    proc = hrvstream(["analyze", str(session), "-o", str(tmp_path / "no" / "such" / "dir.csv")])
     assert proc.returncode == 1
     assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_shared_recording_needs_fs(recordings: Path) -> None:
     path = recordings / "gudb_stress/subject_00/maths/annotation_cs.tsv"
-    proc = run(["analyze", str(path)])
+    proc = hrvstream(["analyze", str(path)])
     assert proc.returncode == 1 and "--fs" in proc.stderr
-    proc = run(["analyze", str(path), "--fs", "250", "--window", "60"])
+    proc = hrvstream(["analyze", str(path), "--fs", "250", "--window", "60"])
     assert proc.returncode == 0, proc.stderr
 
 
@@ -199,5 +183,5 @@ def test_progress_bar_on_a_terminal_only(session: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0
     shown = b"".join(chunks).decode()
     assert "analysing" in shown and "100.0%" in shown
-    piped = run(["analyze", str(session), "-o", str(out)])
+    piped = hrvstream(["analyze", str(session), "-o", str(out)])
     assert piped.returncode == 0 and piped.stderr == ""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from hrvstream.protocol.capture import (
 )
 from hrvstream.protocol.heart_rate import parse_heart_rate_measurement
 from hrvstream.recordings import RRSeries, read_recording
+from tests.clirun import hrvstream
 
 
 def write_capture(
@@ -42,16 +41,6 @@ def write_capture(
     return path
 
 
-def cli(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hrvstream.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-
-
 def test_replay_and_analyze_give_identical_rows_on_a_day_long_recording(
     recordings: Path, tmp_path: Path
 ) -> None:
@@ -69,7 +58,7 @@ def test_rr_file_replays_through_the_strap_encoding(tmp_path: Path) -> None:
     rr = tmp_path / "s.txt"
     assert main(["simulate", "--duration", "10m", "--seed", "4", "-o", str(rr)]) == 0
     out = tmp_path / "m.csv"
-    proc = cli(["replay", str(rr), "--speed", "max", "--metrics-out", str(out)])
+    proc = hrvstream(["replay", str(rr), "--speed", "max", "--metrics-out", str(out)])
     assert proc.returncode == 0, proc.stderr
     n = len(read_recording(rr))
     assert f"{n} beats" in proc.stderr
@@ -89,11 +78,11 @@ def test_corrupt_payloads_are_counted_and_the_rest_analysed(tmp_path: Path) -> N
     loaded = read_recording(cap)
     assert len(loaded) == len(series) - lost_rr
     assert any("3 malformed notification payloads" in n for n in loaded.notes)
-    proc = cli(["analyze", str(cap)])
+    proc = hrvstream(["analyze", str(cap)])
     assert proc.returncode == 0
     assert "3 malformed notification payloads" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = cli(["replay", str(cap), "--speed", "max"])
+    proc = hrvstream(["replay", str(cap), "--speed", "max"])
     assert proc.returncode == 0 and "3 malformed notification payloads" in proc.stderr
 
 
@@ -117,16 +106,16 @@ def test_malformed_capture_line_names_the_line(tmp_path: Path) -> None:
     lines[5] = '{"t": 3.0, "uuid": "00002a37-0000-1000-8000-00805f9b34fb", "hex": "zz"}'
     cap.write_text("\n".join(lines) + "\n")
     for cmd in (["analyze", str(cap)], ["replay", str(cap), "--speed", "max"]):
-        proc = cli(cmd)
+        proc = hrvstream(cmd)
         assert proc.returncode == 1
         assert f"{cap}, line 6" in proc.stderr and "Traceback" not in proc.stderr
-    proc = cli(["analyze", str(cap), "--lenient"])
+    proc = hrvstream(["analyze", str(cap), "--lenient"])
     assert proc.returncode == 0 and "skipped 1 malformed line" in proc.stderr
 
 
 @pytest.mark.parametrize("speed", ["0", "-1", "fast"])
 def test_bad_speed(tmp_path: Path, speed: str) -> None:
-    proc = cli(["replay", "x.txt", "--speed", speed])
+    proc = hrvstream(["replay", "x.txt", "--speed", speed])
     assert proc.returncode == 1 and "--speed" in proc.stderr
 
 
