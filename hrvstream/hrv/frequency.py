@@ -57,7 +57,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
 #: Windows are processed in chunks of about this many FFT input samples (bounded memory).
-_CHUNK_SAMPLES = 2_000_000
+_CHUNK_SAMPLES = 250_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +184,15 @@ def _segments_impl(
     nseg: int,
     win: FloatArray,
     out: FloatArray,
+    nthreads: int,
 ) -> None:  # pragma: no cover - compiled; covered through band_powers
     """Fill ``out[w, seg, :nperseg]`` with window ``w``'s Hann-weighted Welch segments.
 
     The zero padding beyond ``nperseg`` is the caller's: the buffer is reused, and its
     padding written once.
+
+    Windows are split into ``nthreads`` contiguous blocks, one per thread, so that each
+    window can reuse its predecessor's sweeps (see :func:`_solve_window`).
 
     Per window: solve the spline's tridiagonal collocation system (Thomas algorithm),
     evaluate the spline on the grid ``x0 + k/fs`` (``k < n_samples``; past the last beat
@@ -196,86 +200,170 @@ def _segments_impl(
     whose knots all lie between beats come from the precomputed tables.
     """
     h = 1.0 / fs
-    for w in numba.prange(len(starts)):
-        s = starts[w]
-        n = ends[w] - s
-        cp = np.empty(n)
-        dp = np.empty(n)
-        c = np.empty(n)
-        for i in range(n):
-            if i == 0 or i == n - 1:
-                a = 0.0
-                b = 1.0
-                cc = 0.0
-            elif 3 <= i <= n - 4:
-                a = rows[s + i, 0]
-                b = rows[s + i, 1]
-                cc = rows[s + i, 2]
-            else:
-                a, b, cc = _row(
-                    _knot(x, s, n, i),
-                    _knot(x, s, n, i + 1),
-                    _knot(x, s, n, i + 2),
-                    _knot(x, s, n, i + 3),
-                    x[s + i],
-                )
-            d = y[s + i]
-            if i == 0:
-                cp[0] = cc / b
-                dp[0] = d / b
-            else:
-                inv = 1.0 / (b - a * cp[i - 1])
-                cp[i] = cc * inv
-                dp[i] = (d - a * dp[i - 1]) * inv
-        c[n - 1] = dp[n - 1]
-        for i in range(n - 2, -1, -1):
+    nwin = len(starts)
+    nblocks = max(1, min(nwin, nthreads))
+    for blk in numba.prange(nblocks):
+        lo = blk * nwin // nblocks
+        hi = (blk + 1) * nwin // nblocks
+        # The previous window of this block: its sweep states by row, to reuse.
+        ps = -1
+        pn = 0
+        pcp = np.empty(0)
+        pdp = np.empty(0)
+        pc = np.empty(0)
+        for w in range(lo, hi):
+            s = starts[w]
+            n = ends[w] - s
+            cp, dp, c = _solve_window(x, y, rows, s, n, ps, pn, pcp, pdp, pc)
+            _grid_segments(
+                x, y, pieces, s, n, c, h, n_samples, nperseg, step, nseg, win, out, w
+            )
+            ps, pn, pcp, pdp, pc = s, n, cp, dp, c
+
+
+@numba.njit(cache=True)
+def _solve_window(
+    x: FloatArray,
+    y: FloatArray,
+    rows: FloatArray,
+    s: int,
+    n: int,
+    ps: int,
+    pn: int,
+    pcp: FloatArray,
+    pdp: FloatArray,
+    pc: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray]:  # pragma: no cover - compiled
+    """B-spline coefficients of the window ``x[s:s+n]`` (Thomas algorithm).
+
+    The sweeps of overlapping windows share rows: where this window's forward state at a
+    row equals the previous window's (``ps``, ``pn``, ``pcp``, ``pdp``, ``pc``) bit for
+    bit, and the following rows are interior rows of both, the previous window's values
+    are the values this window would compute (same operations on the same numbers) and
+    are copied. The result is exactly that of a full sweep.
+    """
+    cp = np.empty(n)
+    dp = np.empty(n)
+    c = np.empty(n)
+    i = 0
+    while i < n:
+        if 3 <= i <= n - 4 and pn > 0:
+            j = s + i - ps  # the same row in the previous window
+            if 4 <= j <= pn - 4 and cp[i - 1] == pcp[j - 1] and dp[i - 1] == pdp[j - 1]:
+                while i <= n - 4 and j <= pn - 4:
+                    cp[i] = pcp[j]
+                    dp[i] = pdp[j]
+                    i += 1
+                    j += 1
+                continue
+        if i == 0 or i == n - 1:
+            a = 0.0
+            b = 1.0
+            cc = 0.0
+        elif 3 <= i <= n - 4:
+            a = rows[s + i, 0]
+            b = rows[s + i, 1]
+            cc = rows[s + i, 2]
+        else:
+            a, b, cc = _row(
+                _knot(x, s, n, i),
+                _knot(x, s, n, i + 1),
+                _knot(x, s, n, i + 2),
+                _knot(x, s, n, i + 3),
+                x[s + i],
+            )
+        d = y[s + i]
+        if i == 0:
+            cp[0] = cc / b
+            dp[0] = d / b
+        else:
+            inv = 1.0 / (b - a * cp[i - 1])
+            cp[i] = cc * inv
+            dp[i] = (d - a * dp[i - 1]) * inv
+        i += 1
+    c[n - 1] = dp[n - 1]
+    for i in range(n - 2, -1, -1):
+        j = s + i - ps
+        if (
+            pn > 0
+            and 0 <= j <= pn - 2
+            and c[i + 1] == pc[j + 1]
+            and cp[i] == pcp[j]
+            and dp[i] == pdp[j]
+        ):
+            c[i] = pc[j]
+        else:
             c[i] = dp[i] - cp[i] * c[i + 1]
-        # grid values, piece by piece (piece p spans knots p .. p+1, p = 2 .. n-1)
-        vals = np.empty(n_samples)
-        x0 = x[s]
-        xl = x[s + n - 1]
-        ylast = y[s + n - 1]
-        piece = 1
-        tr = x0
-        p0 = p1 = p2 = tl = 0.0
-        total = 0.0
-        for k in range(n_samples):
+    return cp, dp, c
+
+
+@numba.njit(cache=True)
+def _grid_segments(
+    x: FloatArray,
+    y: FloatArray,
+    pieces: FloatArray,
+    s: int,
+    n: int,
+    c: FloatArray,
+    h: float,
+    n_samples: int,
+    nperseg: int,
+    step: int,
+    nseg: int,
+    win: FloatArray,
+    out: FloatArray,
+    w: int,
+) -> None:  # pragma: no cover - compiled
+    """Evaluate window ``w``'s spline on its grid and cut its Hann-weighted segments."""
+    # grid values, piece by piece (piece p spans knots p .. p+1, p = 2 .. n-1; the
+    # last piece includes the last beat), then the last value past the last beat
+    vals = np.empty(n_samples)
+    x0 = x[s]
+    xl = x[s + n - 1]
+    total = 0.0
+    k = 0
+    for piece in range(2, n):
+        tl = _knot(x, s, n, piece)
+        tr = _knot(x, s, n, piece + 1)
+        if 4 <= piece <= n - 3:
+            g = s + piece
+            k00 = pieces[g, 0]
+            k01 = pieces[g, 1]
+            k10 = pieces[g, 2]
+            k11 = pieces[g, 3]
+            k20 = pieces[g, 4]
+            k21 = pieces[g, 5]
+            k22 = pieces[g, 6]
+        else:
+            k00, k01, k10, k11, k20, k21, k22 = _piece(
+                _knot(x, s, n, piece - 1), tl, tr, _knot(x, s, n, piece + 2)
+            )
+        c0 = c[piece - 2]
+        c1 = c[piece - 1]
+        c2 = c[piece]
+        p0 = k00 * c0 + k01 * c1
+        p1 = k10 * c0 + k11 * c1
+        p2 = k20 * c0 + k21 * c1 + k22 * c2
+        last = piece == n - 1
+        while k < n_samples:
             u = x0 + k * h
-            if u > xl:
-                v = ylast
-            else:
-                while piece < n - 1 and (piece == 1 or u >= tr):
-                    piece += 1
-                    tl = _knot(x, s, n, piece)
-                    tr = _knot(x, s, n, piece + 1)
-                    if 4 <= piece <= n - 3:
-                        g = s + piece
-                        k00 = pieces[g, 0]
-                        k01 = pieces[g, 1]
-                        k10 = pieces[g, 2]
-                        k11 = pieces[g, 3]
-                        k20 = pieces[g, 4]
-                        k21 = pieces[g, 5]
-                        k22 = pieces[g, 6]
-                    else:
-                        k00, k01, k10, k11, k20, k21, k22 = _piece(
-                            _knot(x, s, n, piece - 1), tl, tr, _knot(x, s, n, piece + 2)
-                        )
-                    c0 = c[piece - 2]
-                    c1 = c[piece - 1]
-                    c2 = c[piece]
-                    p0 = k00 * c0 + k01 * c1
-                    p1 = k10 * c0 + k11 * c1
-                    p2 = k20 * c0 + k21 * c1 + k22 * c2
-                dd = u - tl
-                v = p0 + dd * (p1 + dd * p2)
+            if (u > xl) if last else (u >= tr):
+                break
+            dd = u - tl
+            v = p0 + dd * (p1 + dd * p2)
             vals[k] = v
             total += v
-        mean = total / n_samples
-        for sg in range(nseg):
-            base = sg * step
-            for m in range(nperseg):
-                out[w, sg, m] = (vals[base + m] - mean) * win[m]
+            k += 1
+    ylast = y[s + n - 1]
+    while k < n_samples:
+        vals[k] = ylast
+        total += ylast
+        k += 1
+    mean = total / n_samples
+    for sg in range(nseg):
+        base = sg * step
+        for m in range(nperseg):
+            out[w, sg, m] = (vals[base + m] - mean) * win[m]
 
 
 def _band_sums_impl(
@@ -497,6 +585,7 @@ def band_powers(
                     nseg,
                     win,
                     buf,
+                    numba.get_num_threads() if parallel else 1,
                 )
                 spec = scipy.fft.rfft(buf, axis=-1, workers=-1)
                 sums = np.empty((len(rows), 2))
