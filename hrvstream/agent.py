@@ -166,6 +166,7 @@ class Agent:
         self.lost_beats = 0
         self.published = 0
         self.connected = asyncio.Event()
+        self._acked = asyncio.Event()
         self._spool_full_logged = False
 
     # -- input side -------------------------------------------------------------------
@@ -261,6 +262,13 @@ class Agent:
         await asyncio.gather(*(pub.publish(m.topic, bytes(m.payload)) for m in batch))
         self.spool.ack_many(m.seq for m in batch)
         self.published += len(batch)
+        self._acked.set()
+
+    async def wait_drained(self) -> None:
+        """Wait until every spooled message has been acknowledged by the broker."""
+        while self.spool is None or self.spool.count() > 0:
+            self._acked.clear()
+            await self._acked.wait()
 
     async def _live(self, pub: Publisher, after: int) -> None:
         """Send what is spooled after ``after`` as it arrives."""
@@ -395,3 +403,48 @@ class Agent:
                 await sender
             if self.spool is not None:
                 self.spool.close()
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (clean shutdown: spool closed, status offline)."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def replay_to_broker(
+    settings: AgentSettings, records: Sequence[Any], *, speed: float | None
+) -> Agent:
+    """``replay --broker``: publish a recording as if a strap were sending it now."""
+    from hrvstream.sources import RecordSource
+
+    sources: list[RecordSource] = []
+
+    def factory(target: str, **kw: Any) -> Any:
+        src = RecordSource(target, records, speed=speed, **kw)
+        sources.append(src)
+        return src
+
+    agent = Agent(settings, link_factory=factory, unix_offset_s=time.time())
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        while not sources:
+            await asyncio.sleep(0)
+        waits = [asyncio.create_task(src.done.wait()) for src in sources]
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set() and not task.done():
+            await asyncio.gather(*waits)
+            drained = asyncio.create_task(agent.wait_drained())
+            await asyncio.wait([task, stopper, drained], return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+        stopper.cancel()
+    finally:
+        stop.set()
+        await task
+    return agent

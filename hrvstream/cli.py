@@ -156,6 +156,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_input_options(r, FORMATS)
     r.add_argument(
+        "--broker",
+        metavar="URL",
+        help=(
+            "publish the recording as if live to this broker (mqtt://user@host:port or "
+            "mqtts://...; password from HRVSTREAM_MQTT_PASSWORD or --password-file)"
+        ),
+    )
+    r.add_argument("--patient", help="with --broker: the patient's pseudonym")
+    r.add_argument("--ca-file", help="with mqtts://: CA certificate of the broker")
+    r.add_argument("--password-file", help="with --broker: file holding the password")
+    r.add_argument("--spool", help="with --broker: spool database (default: a temporary one)")
+    r.add_argument("--mqtt311", action="store_true", help="speak MQTT 3.1.1 (brokers without v5)")
+    r.add_argument(
         "--ble",
         choices=("none", "virtual"),
         default="none",
@@ -164,6 +177,25 @@ def _build_parser() -> argparse.ArgumentParser:
             "play them from a virtual strap on a Bumble BLE stack through bleak"
         ),
     )
+
+    ag = sub.add_parser(
+        "agent",
+        help="run the agent: straps -> HRV -> MQTT (a long-running service)",
+        description=(
+            "Hold the configured straps, compute HRV beat by beat and publish beats, "
+            "metrics and status over MQTT, spooling everything to disk until the broker "
+            "acknowledges it. Stops cleanly on SIGTERM/SIGINT."
+        ),
+    )
+    ag.add_argument("--config", required=True, help="agent TOML file (see deploy/)")
+    ag.add_argument(
+        "--ble",
+        choices=("system", "virtual"),
+        default="system",
+        help="virtual: a virtual strap playing --play FILE instead of real straps",
+    )
+    ag.add_argument("--play", metavar="FILE", help="with --ble virtual: recording to play")
+    ag.add_argument("--speed", default="1", help="with --ble virtual: 1, N or max")
 
     s = sub.add_parser(
         "simulate",
@@ -331,6 +363,76 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from hrvstream.agent import Agent, install_stop_signals, load_agent_settings
+
+    settings = load_agent_settings(args.config)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        if args.ble == "virtual":
+            from hrvstream.adapters.ble import StrapLink
+            from hrvstream.ble_session import virtual_strap
+
+            if not args.play:
+                raise ConfigError("--ble virtual needs --play FILE (what the strap plays)")
+            _, records = _load_records(args.play, None, None, False)
+            async with virtual_strap(records, speed=parse_speed(args.speed)) as vs:
+
+                def factory(target: str, **kw: object) -> StrapLink:
+                    return StrapLink(vs.target, **vs.link_kwargs, **kw)  # type: ignore[arg-type]
+
+                import time as _time
+
+                agent = Agent(settings, link_factory=factory, unix_offset_s=_time.time())
+                await agent.run(stop)
+        else:
+            await Agent(settings).run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def _replay_to_broker(args: argparse.Namespace, records: Iterable[Record]) -> int:
+    import tempfile
+
+    from hrvstream.adapters.mqtt import load_password, parse_broker_url
+    from hrvstream.agent import AgentSettings, replay_to_broker
+
+    if not args.patient:
+        raise ConfigError("--broker needs --patient ID (the patient's pseudonym)")
+    from hrvstream.protocol.messages import check_patient
+
+    try:
+        check_patient(args.patient)
+    except ValueError as exc:
+        raise ConfigError(f"--patient {args.patient!r}: {exc}") from exc
+    broker = parse_broker_url(
+        args.broker,
+        password=load_password(file=args.password_file),
+        ca_file=args.ca_file,
+        client_id=f"hrvstream-replay-{args.patient}",
+        mqtt5=not args.mqtt311,
+    )
+    with tempfile.TemporaryDirectory(prefix="hrvstream-replay-") as tmp:
+        settings = AgentSettings(
+            patient=args.patient,
+            straps=("replay",),
+            broker=broker,
+            spool_path=Path(args.spool) if args.spool else Path(tmp) / "spool.db",
+            window_s=parse_duration(args.window, what="--window"),
+        )
+        agent = asyncio.run(
+            replay_to_broker(settings, list(records), speed=parse_speed(args.speed))
+        )
+    print(
+        f"hrvstream: published {agent.published} messages for {args.patient} to {broker.display}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from hrvstream.hrv.engine import AnalysisConfig
     from hrvstream.output import format_window_row, window_header
@@ -339,6 +441,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     speed = parse_speed(args.speed)
     reader, records = _load_records(args.input, args.input_format, args.fs, args.lenient)
+    if args.broker:
+        return _replay_to_broker(args, records)
     config = AnalysisConfig(
         window_s=parse_duration(args.window, what="--window"),
         step_s=None,
@@ -442,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     handlers = {
+        "agent": _cmd_agent,
         "analyze": _cmd_analyze,
         "record": _cmd_record,
         "replay": _cmd_replay,

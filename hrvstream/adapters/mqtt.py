@@ -83,6 +83,7 @@ class BrokerConfig:
     client_id: str | None = None
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
     keepalive_s: int = 30
+    mqtt5: bool = True
 
     @property
     def display(self) -> str:
@@ -98,8 +99,13 @@ def parse_broker_url(
     ca_file: str | Path | None = None,
     client_id: str | None = None,
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
+    mqtt5: bool = True,
 ) -> BrokerConfig:
-    """A :class:`BrokerConfig` from ``mqtt://user@host:port`` or ``mqtts://...``."""
+    """A :class:`BrokerConfig` from ``mqtt://user@host:port`` or ``mqtts://...``.
+
+    ``mqtt5=False`` speaks MQTT 3.1.1 (a persistent session is then ``clean_session``
+    off, kept by the broker's own expiry policy) for brokers without v5.
+    """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"broker URL {url!r}: use mqtt://host:port or mqtts://host:port")
@@ -124,6 +130,7 @@ def parse_broker_url(
         ca_file=Path(ca_file) if ca_file else None,
         client_id=client_id,
         session_expiry_s=session_expiry_s,
+        mqtt5=mqtt5,
     )
 
 
@@ -171,24 +178,46 @@ def translate(exc: BaseException, config: BrokerConfig) -> BrokerError:
     return BrokerUnavailable(f"{where} is unreachable or the connection was lost: {text}")
 
 
+class _NoPendingNoise(logging.Filter):
+    """aiomqtt warns whenever more than 10 publishes await their PUBACK; we pipeline on
+    purpose (bounded by ``max_inflight``), so those lines are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+_client_log = logging.getLogger(f"{__name__}.aiomqtt")
+_client_log.addFilter(_NoPendingNoise())
+
+
 def _client(
     config: BrokerConfig,
     *,
     will: aiomqtt.Will | None = None,
     max_inflight: int | None = None,
 ) -> aiomqtt.Client:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = config.session_expiry_s
+    if config.mqtt5:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = config.session_expiry_s
+        version: dict[str, Any] = {
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": False,
+            "properties": props,
+        }
+    else:
+        version = {
+            "protocol": aiomqtt.ProtocolVersion.V311,
+            "clean_session": config.client_id is None,
+        }
     return aiomqtt.Client(
         config.host,
         config.port,
         username=config.username,
         password=config.password,
         identifier=config.client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=props,
+        logger=_client_log,
         will=will,
+        **version,
         keepalive=config.keepalive_s,
         tls_context=_tls_context(config),
         max_inflight_messages=max_inflight,
