@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.infra"]
+
 _REPO = Path(__file__).resolve().parent.parent
 
 
