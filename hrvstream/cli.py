@@ -197,6 +197,20 @@ def _build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--play", metavar="FILE", help="with --ble virtual: recording to play")
     ag.add_argument("--speed", default="1", help="with --ble virtual: 1, N or max")
 
+    dm = sub.add_parser(
+        "demo",
+        help="the whole system on this machine: virtual straps, broker, server, store",
+        description=(
+            "Run the whole system on embedded defaults: an in-process MQTT broker, three "
+            "virtual patients wearing virtual straps (one with a stress episode), their "
+            "agents, and the server on a SQLite store. Nothing else needs installing."
+        ),
+    )
+    dm.add_argument("--speed", default="10", help="time factor (default 10; 1 = real time)")
+    dm.add_argument("--duration", default="2h", help="length of the simulated sessions")
+    dm.add_argument("--dir", default="hrvstream-demo", help="where the store and spools go")
+    dm.add_argument("--http-port", type=int, default=8080, help="server HTTP port (0: any)")
+
     s = sub.add_parser(
         "simulate",
         help="write a simulated RR session (one RR in ms per line)",
@@ -360,6 +374,24 @@ def _cmd_record(args: argparse.Namespace) -> int:
         duration = parse_duration(args.duration, what="--duration") if args.duration else None
         writer = asyncio.run(record_ble(args.device, out, duration_s=duration))
     print(f"hrvstream: wrote {writer.lines} lines to {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hrvstream.agent import install_stop_signals
+    from hrvstream.demo import run_demo
+
+    speed = parse_speed(args.speed) or 1000.0
+    duration = parse_duration(args.duration, what="--duration")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_demo(
+            Path(args.dir), speed=speed, duration_s=duration, http_port=args.http_port, stop=stop
+        )
+
+    asyncio.run(run())
     return 0
 
 
@@ -547,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     handlers = {
         "agent": _cmd_agent,
+        "demo": _cmd_demo,
         "analyze": _cmd_analyze,
         "record": _cmd_record,
         "replay": _cmd_replay,
