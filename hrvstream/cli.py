@@ -197,6 +197,19 @@ def _build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--play", metavar="FILE", help="with --ble virtual: recording to play")
     ag.add_argument("--speed", default="1", help="with --ble virtual: 1, N or max")
 
+    from hrvstream.server import add_server_arguments
+
+    sv = sub.add_parser(
+        "server",
+        help="run the clinic server: MQTT -> validation -> store, health and metrics",
+        description=(
+            "Subscribe to the patients' topics, validate every message, store beats, "
+            "metrics and alerts (SQLite or InfluxDB) and acknowledge each message only "
+            "once it is stored. Serves /healthz and /metrics. Stops cleanly on SIGTERM."
+        ),
+    )
+    add_server_arguments(sv)
+
     dm = sub.add_parser(
         "demo",
         help="the whole system on this machine: virtual straps, broker, server, store",
@@ -375,6 +388,12 @@ def _cmd_record(args: argparse.Namespace) -> int:
         writer = asyncio.run(record_ble(args.device, out, duration_s=duration))
     print(f"hrvstream: wrote {writer.lines} lines to {out}", file=sys.stderr)
     return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from hrvstream.server import main_server
+
+    return main_server(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -578,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     handlers = {
+        "server": _cmd_server,
         "agent": _cmd_agent,
         "demo": _cmd_demo,
         "analyze": _cmd_analyze,

@@ -277,6 +277,12 @@ class Publisher:
             raise translate(exc, self.config) from exc
 
 
+def _code(granted: object) -> int:
+    """A SUBACK entry (granted QoS int, or a paho ReasonCode) as a number."""
+    value: object = getattr(granted, "value", granted)
+    return value if isinstance(value, int) else 0x80
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """A message from the broker, to be acknowledged with :meth:`Subscriber.ack`."""
@@ -291,17 +297,10 @@ class Received:
 class Subscriber:
     """A server's connection: receive QoS 1 messages, acknowledge them when stored."""
 
-    def __init__(
-        self,
-        config: BrokerConfig,
-        topics: Sequence[str],
-        *,
-        max_queued: int | None = None,
-    ) -> None:
+    def __init__(self, config: BrokerConfig, topics: Sequence[str]) -> None:
         self.config = config
         self.topics = list(topics)
         self._client = _client(config)
-        self._max_queued = max_queued
         # Manual acknowledgements (see the module docstring).
         paho: Any = self._client._client  # paho's documented manual-ack API
         paho.manual_ack_set(True)
@@ -310,10 +309,21 @@ class Subscriber:
     async def __aenter__(self) -> Subscriber:
         try:
             await self._client.__aenter__()
-            for t in self.topics:
-                await self._client.subscribe(t, qos=1)
+            # One SUBSCRIBE for all filters (some brokers hold later SUBACKs until the
+            # retained messages of earlier filters are acknowledged).
+            granted = await self._client.subscribe([(t, 1) for t in self.topics])
         except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
             raise translate(exc, self.config) from exc
+        codes = [_code(g) for g in granted]
+        refused = [(t, c) for t, c in zip(self.topics, codes, strict=False) if c >= 0x80]
+        if refused:
+            await self.__aexit__(None, None, None)
+            detail = ", ".join(f"{t} (reason 0x{c:02X})" for t, c in refused)
+            raise BrokerAuthError(
+                f"{self.config.display} refused the subscription to {detail} for user "
+                f"{self.config.username or '(none)'} (check the broker's ACL and whether it "
+                "supports shared subscriptions)"
+            )
         log.info("subscribed to %s on %s", ", ".join(self.topics), self.config.display)
         return self
 
