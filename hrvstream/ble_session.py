@@ -66,6 +66,7 @@ class CaptureWriter:
         self.t0 = t0
         self.lines = 0
         self._last_sync = 0.0
+        self._failed = False
         try:
             self._fh: TextIO = path.open("w", encoding="utf-8", newline="\n")
         except OSError as exc:
@@ -81,6 +82,7 @@ class CaptureWriter:
                 os.fsync(self._fh.fileno())
                 self._last_sync = now
         except OSError as exc:
+            self._failed = True
             raise CaptureWriteError(
                 f"cannot write {self.path}: {exc.strerror}; the {self.lines} lines "
                 "before this one are intact"
@@ -106,14 +108,17 @@ class CaptureWriter:
             self._write(encode_record(CaptureEvent(t_s=max(0.0, event.t_s - self.t0), event=name)))
 
     def close(self) -> None:
-        """Sync and close the file."""
+        """Sync and close the file (after a failed write, just close what is there)."""
         try:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if not self._failed:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
         except OSError as exc:
+            self._failed = True
             raise CaptureWriteError(f"cannot write {self.path}: {exc.strerror}") from exc
         finally:
-            self._fh.close()
+            with contextlib.suppress(OSError):
+                self._fh.close()
 
 
 def capture_header(
@@ -187,8 +192,8 @@ async def _until_played(link: StrapLink, progress: _Progress, vs: VirtualSetup) 
     try:
         done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
-            task.result()  # re-raise whatever ended the link
-        while progress.count < vs.sent():
+            task.result()  # re-raise whatever ended the link (a failed write, say)
+        while progress.count < vs.sent() and link.handler_error is None:
             progress.changed.clear()
             try:
                 async with asyncio.timeout(10.0):
@@ -203,6 +208,8 @@ async def _until_played(link: StrapLink, progress: _Progress, vs: VirtualSetup) 
     finally:
         waiter.cancel()
         await stop_link(link, task)
+    if link.handler_error is not None:
+        raise link.handler_error
 
 
 async def stop_link(link: StrapLink, task: asyncio.Task[None], timeout_s: float = 10.0) -> None:
@@ -216,6 +223,8 @@ async def stop_link(link: StrapLink, task: asyncio.Task[None], timeout_s: float 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    except Exception as exc:  # the link's own error: callers raise link.handler_error
+        log.debug("strap %s ended with %r", link.target, exc)
 
 
 async def record_virtual(

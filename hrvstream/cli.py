@@ -619,8 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hrvstream: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"hrvstream: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        where = f" {exc.filename}:" if exc.filename else ""
+        print(f"hrvstream: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

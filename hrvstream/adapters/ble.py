@@ -199,6 +199,15 @@ class StrapLink:
         self.connections = 0
         self.notifications = 0
         self._stopping = asyncio.Event()
+        self._failed = asyncio.Event()
+        self.handler_error: BaseException | None = None
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        """A callback of ours raised (a full disk, say): end the link and report it."""
+        if self.handler_error is None:
+            self.handler_error = exc
+            log.debug("strap %s: handler failed: %r", self.target, exc)
+        self._failed.set()
 
     def stop(self) -> None:
         """Ask :meth:`run` to disconnect cleanly and return (instead of cancelling it)."""
@@ -208,19 +217,23 @@ class StrapLink:
     def _emit(self, kind: StrapEventKind, **detail: Any) -> None:
         event = StrapEvent(kind=kind, t_s=self.clock.now(), strap=self.target, detail=detail)
         log.info("strap %s: %s %s", self.target, kind.value, detail or "")
-        if self._on_event is not None:
-            self._on_event(event)
+        if self._on_event is not None and self.handler_error is None:
+            try:
+                self._on_event(event)
+            except Exception as exc:
+                self._handler_failed(exc)
 
     # -- the loop --------------------------------------------------------------------
     async def run(self) -> None:
         """Find, connect, stream and reconnect until :meth:`stop` (or cancellation).
 
-        Errors of a session are logged and answered with a reconnect; nothing but
-        cancellation escapes.
+        Errors of a session are logged and answered with a reconnect. An exception from
+        ``on_notification`` or ``on_event`` (the caller's own failure, such as a full disk)
+        ends the link and is raised from here.
         """
         delay = self.settings.backoff_initial_s
         attempt = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self.handler_error is None:
             try:
                 streamed = await self._session()
             except asyncio.CancelledError:
@@ -231,7 +244,7 @@ class StrapLink:
             except Exception:
                 log.exception("strap %s: unexpected error; retrying", self.target)
                 streamed = False
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self.handler_error is not None:
                 break
             if streamed:
                 delay = self.settings.backoff_initial_s
@@ -242,6 +255,23 @@ class StrapLink:
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
             delay = min(delay * 2, self.settings.backoff_max_s)
+        if self.handler_error is not None:
+            raise self.handler_error
+
+    async def _unless_stopped(self, coro: Any) -> Any:
+        """Await ``coro`` unless :meth:`stop` comes first (then cancel it, return None)."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, BleakError, TimeoutError, OSError):
+            await task
+        return None
 
     async def _find(self) -> BLEDevice | None:
         timeout = self.settings.scan_timeout_s
@@ -252,9 +282,10 @@ class StrapLink:
 
     async def _session(self) -> bool:
         """One connection, from finding the strap to losing it; True if data flowed."""
-        device = await self._find()
+        device = await self._unless_stopped(self._find())
         if device is None:
-            self._emit(StrapEventKind.NOT_FOUND)
+            if not self._stopping.is_set():
+                self._emit(StrapEventKind.NOT_FOUND)
             return False
         lost = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -323,7 +354,7 @@ class StrapLink:
     async def _watch(self, lost: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for the link to drop; report silence, end a link silent too long."""
         s = self.settings
-        while not lost.is_set() and not self._stopping.is_set():
+        while not lost.is_set() and not self._stopping.is_set() and not self._failed.is_set():
             quiet = loop.time() - self._loop_last
             if not self._silent and quiet >= s.silence_s:
                 self._silent = True
@@ -334,7 +365,7 @@ class StrapLink:
             wait = (s.silence_s if not self._silent else s.silent_reconnect_s) - quiet
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.05)):
-                    await _first(lost, self._stopping)
+                    await _first(lost, self._stopping, self._failed)
 
     def _handle(self, payload: bytes, loop_t: float) -> None:
         now = self.clock.now()
@@ -344,7 +375,13 @@ class StrapLink:
         if self._silent:
             self._silent = False
             self._emit(StrapEventKind.NOTIFYING)
-        self._on_notification(now, payload)
+        if self.handler_error is not None:
+            return
+        try:
+            self._on_notification(now, payload)
+        except Exception as exc:
+            self._handler_failed(exc)
+            return
         try:
             contact = parse_heart_rate_measurement(payload).sensor_contact_detected
         except HeartRateParseError:
