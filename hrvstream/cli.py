@@ -53,6 +53,21 @@ def _add_input_options(p: argparse.ArgumentParser, formats: Sequence[str]) -> No
     )
 
 
+def _add_virtual_strap_options(
+    p: argparse.ArgumentParser, *, system_help: str, speed: bool = True
+) -> None:
+    """``--ble system|virtual``, ``--play FILE`` (and ``--speed``): a virtual strap instead."""
+    p.add_argument(
+        "--ble",
+        choices=("system", "virtual"),
+        default="system",
+        help=f"system: {system_help}; virtual: a virtual strap playing --play FILE",
+    )
+    p.add_argument("--play", metavar="FILE", help="with --ble virtual: the recording it plays")
+    if speed:
+        p.add_argument("--speed", default="1", help="with --ble virtual: 1 = real time, N, or max")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from hrvstream.recordings.readers import FORMATS
 
@@ -107,13 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Scan for BLE devices advertising the Heart Rate Service (0x180D).",
     )
     sc.add_argument("--timeout", default="5", help="how long to scan (default 5 s)")
-    sc.add_argument(
-        "--ble",
-        choices=("system", "virtual"),
-        default="system",
-        help="system: this machine's Bluetooth adapter; virtual: a virtual strap (--play)",
-    )
-    sc.add_argument("--play", metavar="FILE", help="with --ble virtual: what the strap plays")
+    _add_virtual_strap_options(sc, system_help="this machine's Bluetooth adapter", speed=False)
 
     rec = sub.add_parser(
         "record",
@@ -126,14 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", help="the strap's address or advertised name")
     rec.add_argument("-o", "--output", required=True, help="capture file to write")
     rec.add_argument("--duration", help="stop after this long (default: until Ctrl-C)")
-    rec.add_argument(
-        "--ble",
-        choices=("system", "virtual"),
-        default="system",
-        help="system: a real strap; virtual: a virtual strap playing --play FILE",
-    )
-    rec.add_argument("--play", metavar="FILE", help="with --ble virtual: recording to play")
-    rec.add_argument("--speed", default="1", help="with --ble virtual: 1 = real time, N, or max")
+    _add_virtual_strap_options(rec, system_help="a real strap (--device)")
     rec.add_argument("--fs", type=float, help="sampling rate (Hz) of R-peak files to play")
 
     r = sub.add_parser(
@@ -188,14 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     ag.add_argument("--config", required=True, help="agent TOML file (see deploy/)")
-    ag.add_argument(
-        "--ble",
-        choices=("system", "virtual"),
-        default="system",
-        help="virtual: a virtual strap playing --play FILE instead of real straps",
-    )
-    ag.add_argument("--play", metavar="FILE", help="with --ble virtual: recording to play")
-    ag.add_argument("--speed", default="1", help="with --ble virtual: 1, N or max")
+    _add_virtual_strap_options(ag, system_help="the straps in the configuration")
 
     from hrvstream.server import add_server_arguments
 

@@ -225,7 +225,25 @@ def _client(
     )
 
 
-class Publisher:
+class _Connection:
+    """What publisher and subscriber share: the aiomqtt client and a quiet close."""
+
+    config: BrokerConfig
+    _client: aiomqtt.Client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._client.__aexit__(exc_type, exc, tb)
+        except (aiomqtt.MqttError, OSError):
+            log.debug("closing the connection to %s failed", self.config.display)
+
+
+class Publisher(_Connection):
     """An agent's connection: publish QoS 1 and know when the broker has the message.
 
     Use as ``async with Publisher(config, will=...) as pub``; connection errors surface
@@ -256,17 +274,6 @@ class Publisher:
         log.info("connected to %s", self.config.display)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self._client.__aexit__(exc_type, exc, tb)
-        except (aiomqtt.MqttError, OSError):
-            log.debug("closing the connection to %s failed", self.config.display)
-
     async def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, timeout_s: float = 30.0
     ) -> None:
@@ -294,7 +301,7 @@ class Received:
     retain: bool
 
 
-class Subscriber:
+class Subscriber(_Connection):
     """A server's connection: receive QoS 1 messages, acknowledge them when stored."""
 
     def __init__(self, config: BrokerConfig, topics: Sequence[str]) -> None:
@@ -326,17 +333,6 @@ class Subscriber:
             )
         log.info("subscribed to %s on %s", ", ".join(self.topics), self.config.display)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            await self._client.__aexit__(exc_type, exc, tb)
-        except (aiomqtt.MqttError, OSError):
-            log.debug("closing the connection to %s failed", self.config.display)
 
     async def messages(self) -> AsyncIterator[Received]:
         """Messages as they arrive; raises :class:`BrokerUnavailable` when the link drops."""
