@@ -44,10 +44,11 @@ from hrvstream.adapters.mqtt import (
     load_password,
     parse_broker_url,
 )
-from hrvstream.adapters.spool import Spool, SpoolError, SpoolFullError
+from hrvstream.adapters.spool import Spool, SpoolFullError
 from hrvstream.config import get, load_toml, with_env
 from hrvstream.errors import ConfigError
 from hrvstream.hrv.engine import AnalysisConfig
+from hrvstream.hrv.frequency import warm_up
 from hrvstream.pipeline import BeatPipeline
 from hrvstream.protocol.messages import (
     BeatsMessage,
@@ -79,6 +80,22 @@ class AgentSettings:
     max_inflight: int = 32
     link: LinkSettings = field(default_factory=LinkSettings)
 
+    def __post_init__(self) -> None:
+        checks = {
+            "spool_max_mb": self.spool_max_bytes >= 1024 * 1024,
+            "window_s": self.window_s > 0,
+            "metrics_every_s": self.metrics_every_s > 0,
+            "status_every_s": self.status_every_s > 0,
+            "backlog_rate_per_s": self.backlog_rate_per_s > 0,
+            "max_inflight": self.max_inflight >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(
+                "agent settings out of range: " + ", ".join(bad) + " (spool_max_mb >= 1, "
+                "max_inflight >= 1, the others > 0)"
+            )
+
 
 _KNOWN: Mapping[str, Mapping[str, type]] = {
     "agent": {"patient": str, "straps": list, "spool": str, "spool_max_mb": int},
@@ -101,7 +118,7 @@ def load_agent_settings(
     straps = tuple(str(s) for s in get(c, "agent", "straps", list))
     if not straps:
         raise ConfigError("[agent] straps: name at least one strap (address or name)")
-    password = load_password(file=get(c, "broker", "password_file", str, None))
+    password = load_password(file=get(c, "broker", "password_file", str, None), environ=env)
     broker = parse_broker_url(
         get(c, "broker", "url", str),
         password=password,
@@ -347,6 +364,10 @@ class Agent:
                             if stopper in done:
                                 break
                             tasks = [t for t in tasks if not t.done()]
+                        # Stop sending first, so no late "online" follows the "offline".
+                        for t in tasks:
+                            t.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
                         with contextlib.suppress(BrokerError):
                             await pub.publish(status_topic, self._status("offline"), retain=True)
                     finally:
@@ -367,10 +388,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set: straps, pipeline, spool and sender."""
         s = self.settings
-        try:
-            self.spool = Spool(s.spool_path, max_bytes=s.spool_max_bytes)
-        except SpoolError:
-            raise
+        self.spool = Spool(s.spool_path, max_bytes=s.spool_max_bytes)
+        warm_up()  # compile/load the kernels now, not in the middle of the first window
         config = AnalysisConfig(window_s=s.window_s, step_s=None)
         links: list[StrapLink] = []
         for i, target in enumerate(s.straps):

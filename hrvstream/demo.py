@@ -95,7 +95,11 @@ class _Latest:
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    """A number, or a dash padded to the same width when it is missing."""
+    width = int("".join(ch for ch in spec.split(".", maxsplit=1)[0] if ch.isdigit()) or 0)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-".rjust(width)
+    return format(v, spec)
 
 
 def render_table(patients: Sequence[DemoPatient], latest: _Latest, server: Server) -> str:
@@ -156,6 +160,7 @@ async def run_demo(
         alert_ack_listener=latest,
     )
     tasks: list[asyncio.Task[None]] = []
+    agents: list[Agent] = []
     try:
         tasks.append(asyncio.create_task(server.run(stop), name="server"))
         async with VirtualRadio() as radio:
@@ -195,11 +200,14 @@ async def run_demo(
                     link_factory=factory,
                     unix_offset_s=time.time(),
                 )
+                agents.append(agent)
                 tasks.append(asyncio.create_task(agent.run(stop), name=p.patient))
             for _ in range(200):  # the server's HTTP port, once it listens
-                if server.http_port or stop.is_set():
+                if server.http_port or stop.is_set() or tasks[0].done():
                     break
                 await asyncio.sleep(0.025)
+            if tasks[0].done():
+                tasks[0].result()  # the server could not start: say why
             print(
                 f"hrvstream demo: {len(patients)} virtual patients, time x{speed:g}\n"
                 f"  broker    {url} (embedded, MQTT 3.1.1, anonymous)\n"
@@ -216,10 +224,21 @@ async def run_demo(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(table_every_s):
                         await stop.wait()
+                failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+                if failed:
+                    stop.set()
+                    raise failed[0].exception()  # type: ignore[misc]
                 if all(s.played.is_set() for s in straps):
+                    # The sessions are over: let the agents deliver what they spooled.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(120.0):
+                            await asyncio.gather(*(a.wait_drained() for a in agents))
                     stop.set()
                 print("\n" + render_table(patients, latest, server), file=out, flush=True)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
             for s in straps:
                 await s.close()
     finally:

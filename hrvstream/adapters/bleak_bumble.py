@@ -424,6 +424,7 @@ class VirtualRadio:
         self.deliveries = DeliveryLedger()
         self._centrals: dict[str, CentralHost] = {}
         self._central_lock = asyncio.Lock()
+        self._powering: set[asyncio.Task[None]] = set()
         self._peripherals: list[_Closable] = []
         self._next_peripheral = 1
         self._scanner_backends: dict[str, type[VirtualBleakScanner]] = {}
@@ -517,11 +518,20 @@ class VirtualRadio:
                 address=address,
                 host=Host(controller, AsyncPipeSink(controller)),
             )
-            await device.power_on()
+            # Shielded: a caller cancelled mid power-on (a link stopped while scanning)
+            # must not leave Bumble's host with a cancelled HCI command whose answer
+            # then trips over it; the power-on finishes and the host is kept.
             host = CentralHost(adapter, device, controller)
-            self._centrals[adapter] = host
-            logger.debug("central %s powered on at %s", adapter, host.address)
+            task = asyncio.ensure_future(self._power_on(host))
+            self._powering.add(task)
+            task.add_done_callback(self._powering.discard)
+            await asyncio.shield(task)
             return host
+
+    async def _power_on(self, host: CentralHost) -> None:
+        await host.device.power_on()
+        self._centrals[host.name] = host
+        logger.debug("central %s powered on at %s", host.name, host.address)
 
     def scanner_backend(self, adapter: str = _DEFAULT_ADAPTER) -> type[BaseBleakScanner]:
         """Return a bleak scanner backend class bound to this radio.
@@ -588,6 +598,8 @@ class VirtualRadio:
         if self._closed:
             return
         self._closed = True
+        if self._powering:  # a power-on whose caller was cancelled: let it finish first
+            await asyncio.wait(list(self._powering), timeout=5.0)
         for peripheral in list(self._peripherals):
             try:
                 await peripheral.close()

@@ -17,11 +17,12 @@ do; the password never appears in a message or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -135,15 +136,22 @@ def parse_broker_url(
 
 
 def load_password(
-    *, env: str = "HRVSTREAM_MQTT_PASSWORD", file: str | Path | None = None
+    *,
+    env: str = "HRVSTREAM_MQTT_PASSWORD",
+    file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> str | None:
     """The broker password from a file (first line) or the environment variable ``env``."""
     if file:
         try:
-            return Path(file).read_text(encoding="utf-8").splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
-            raise ConfigError(f"cannot read the password file {file}: {exc}") from exc
-    return os.environ.get(env) or None
+            lines = Path(file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the password file {file}: {exc.strerror}") from exc
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ConfigError(f"the password file {file} is empty (the first line is the password)")
+        return password
+    return (os.environ if environ is None else environ).get(env) or None
 
 
 def _tls_context(config: BrokerConfig) -> ssl.SSLContext | None:
@@ -265,6 +273,30 @@ class Publisher(_Connection):
             else None
         )
         self._client = _client(config, will=will, max_inflight=max_inflight)
+        # aiomqtt drops the PUBACK's reason code: a publish the broker refused (0x87 "not
+        # authorized" under an ACL) would look delivered. Record refusals by message id,
+        # and which id each publishing task got, to raise instead.
+        self._mid_of: dict[asyncio.Task[Any], int] = {}
+        self._refused: dict[int, int] = {}
+        paho: Any = self._client._client
+        paho_publish = paho.publish
+        aiomqtt_on_publish = paho.on_publish
+
+        def publish_and_remember(*args: Any, **kwargs: Any) -> Any:
+            info = paho_publish(*args, **kwargs)
+            task = asyncio.current_task()
+            if task is not None:
+                self._mid_of[task] = info.mid
+            return info
+
+        def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            code = getattr(reason, "value", reason)
+            if isinstance(code, int) and code >= 0x80:
+                self._refused[mid] = code
+            aiomqtt_on_publish(client, userdata, mid, reason, props)
+
+        paho.publish = publish_and_remember
+        paho.on_publish = on_publish
 
     async def __aenter__(self) -> Publisher:
         try:
@@ -277,11 +309,26 @@ class Publisher(_Connection):
     async def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, timeout_s: float = 30.0
     ) -> None:
-        """Publish with QoS 1; returns once the broker acknowledged (PUBACK)."""
+        """Publish with QoS 1; returns once the broker acknowledged (PUBACK).
+
+        Raises :class:`BrokerAuthError` when the broker refused the message (a PUBACK
+        reason code of 0x80 or more, such as 0x87 "not authorized" for a topic outside
+        the client's ACL).
+        """
+        task = asyncio.current_task()
         try:
             await self._client.publish(topic, payload, qos=1, retain=retain, timeout=timeout_s)
         except (aiomqtt.MqttError, OSError) as exc:
             raise translate(exc, self.config) from exc
+        finally:
+            mid = self._mid_of.pop(task, None) if task is not None else None
+        code = self._refused.pop(mid, None) if mid is not None else None
+        if code is not None:
+            raise BrokerAuthError(
+                f"{self.config.display} refused a message to {topic} from user "
+                f"{self.config.username or '(none)'} (reason 0x{code:02X}); check the "
+                "broker's ACL for this patient"
+            )
 
 
 def _code(granted: object) -> int:

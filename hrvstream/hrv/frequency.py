@@ -215,9 +215,7 @@ def _segments_impl(
             s = starts[w]
             n = ends[w] - s
             cp, dp, c = _solve_window(x, y, rows, s, n, ps, pn, pcp, pdp, pc)
-            _grid_segments(
-                x, y, pieces, s, n, c, h, n_samples, nperseg, step, nseg, win, out, w
-            )
+            _grid_segments(x, y, pieces, s, n, c, h, n_samples, nperseg, step, nseg, win, out, w)
             ps, pn, pcp, pdp, pc = s, n, cp, dp, c
 
 
@@ -623,3 +621,16 @@ def band_powers_reference(
     lf = float(np.sum(psd[:top] * weights[:, 0]))
     hf = float(np.sum(psd[:top] * weights[:, 1]))
     return (lf if lf != 0.0 else float("nan")), (hf if hf != 0.0 else float("nan"))
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels now.
+
+    A long-running caller (the agent) calls this at start, so that the first full window
+    does not stall the event loop for the compilation.
+    """
+    x = np.cumsum(np.full(400, 0.8))
+    y = np.full(400, 800.0) + 10.0 * np.sin(np.arange(400))
+    band_powers(x, y, np.zeros(1, dtype=np.intp), np.array([400], dtype=np.intp))
+    many = np.arange(0, 40, dtype=np.intp)
+    band_powers(x, y, many, many + 300)
