@@ -443,7 +443,7 @@ async def replay_to_broker(
     sources: list[RecordSource] = []
 
     def factory(target: str, **kw: Any) -> Any:
-        src = RecordSource(target, records, speed=speed, **kw)
+        src = RecordSource(target, records, speed=speed, start_after=agent.connected, **kw)
         sources.append(src)
         return src
 

@@ -35,6 +35,7 @@ class RecordSource:
         on_event: Callable[[StrapEvent], None] | None = None,
         speed: float | None = 1.0,
         t0: float = 0.0,
+        start_after: asyncio.Event | None = None,
         **_: Any,
     ) -> None:
         self.target = target
@@ -46,6 +47,7 @@ class RecordSource:
         self._stop = asyncio.Event()
         self.done = asyncio.Event()
         self.notifications = 0
+        self._start_after = start_after
 
     def stop(self) -> None:
         """End :meth:`run` early."""
@@ -56,7 +58,20 @@ class RecordSource:
             self._on_event(StrapEvent(kind=kind, t_s=t, strap=self.target))
 
     async def run(self) -> None:
-        """Play every record, paced by ``speed``; then set :attr:`done`."""
+        """Play every record, paced by ``speed``; then set :attr:`done`.
+
+        With ``start_after``, playing waits for that event (``replay --broker`` waits for
+        the first connection, so that a fast replay is not all spooled "backlog").
+        """
+        if self._start_after is not None:
+            stopper = asyncio.ensure_future(self._stop.wait())
+            starter = asyncio.ensure_future(self._start_after.wait())
+            await asyncio.wait({stopper, starter}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            starter.cancel()
+            if self._stop.is_set():
+                self.done.set()
+                return
         loop = asyncio.get_running_loop()
         start = loop.time()
         first_t = self.records[0].t_s if self.records else 0.0

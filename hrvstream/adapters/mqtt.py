@@ -18,6 +18,7 @@ do; the password never appears in a message or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -29,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -166,23 +168,31 @@ def _tls_context(config: BrokerConfig) -> ssl.SSLContext | None:
 
 
 def translate(exc: BaseException, config: BrokerConfig) -> BrokerError:
-    """An aiomqtt/socket/TLS error as one of ours, with an actionable message."""
+    """An aiomqtt/socket/TLS error as one of ours, with an actionable message.
+
+    Only a refused *connection* is an authentication error, and only a failed certificate
+    check a TLS error; both are fatal for the caller. Everything else (a reset, an EOF in
+    the middle of a TLS handshake, paho's "not connected" after a drop) is an outage to
+    retry.
+    """
     where = config.display
     text = str(exc)
     low = text.lower()
-    if isinstance(exc, ssl.SSLError) or "certificate" in low or "ssl" in low:
+    if isinstance(exc, ssl.SSLCertVerificationError) or "certificate verify" in low:
         ca = config.ca_file or "the system trust store"
         return BrokerTLSError(
             f"TLS with {where} failed: {text} (is the broker's certificate signed by the "
             f"CA in {ca}, and issued for {config.host}?)"
         )
-    rc = getattr(exc, "rc", None)
-    rc_value = getattr(rc, "value", rc)
-    if rc_value in (4, 5, 134, 135) or "not authori" in low or "bad user name" in low:
-        return BrokerAuthError(
-            f"{where} refused the credentials of user {config.username or '(none)'}: {text} "
-            "(check the username and the password file / HRVSTREAM_MQTT_PASSWORD)"
-        )
+    if isinstance(exc, MqttConnectError):
+        rc = getattr(exc, "rc", None)
+        rc_value = getattr(rc, "value", rc)
+        if rc_value in (4, 5, 134, 135) or "not authori" in low or "bad user name" in low:
+            return BrokerAuthError(
+                f"{where} refused the credentials of user {config.username or '(none)'}: "
+                f"{text} (check the username and the password file / "
+                "HRVSTREAM_MQTT_PASSWORD)"
+            )
     return BrokerUnavailable(f"{where} is unreachable or the connection was lost: {text}")
 
 
@@ -316,11 +326,29 @@ class Publisher(_Connection):
         the client's ACL).
         """
         task = asyncio.current_task()
+        # aiomqtt does not fail a publish waiting for its PUBACK when the connection
+        # drops; race it against the client's disconnection (a private future of
+        # aiomqtt's, the one its own message iterator waits on).
+        disconnected: asyncio.Future[None] = self._client._disconnected
+        publishing = asyncio.ensure_future(
+            self._client.publish(topic, payload, qos=1, retain=retain, timeout=timeout_s)
+        )
         try:
-            await self._client.publish(topic, payload, qos=1, retain=retain, timeout=timeout_s)
+            await asyncio.wait({publishing, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if not publishing.done():
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await publishing
+                raise BrokerUnavailable(
+                    f"{self.config.display}: the connection was lost before the broker "
+                    f"acknowledged a message to {topic}"
+                )
+            publishing.result()
         except (aiomqtt.MqttError, OSError) as exc:
             raise translate(exc, self.config) from exc
         finally:
+            if not publishing.done():
+                publishing.cancel()
             mid = self._mid_of.pop(task, None) if task is not None else None
         code = self._refused.pop(mid, None) if mid is not None else None
         if code is not None:
