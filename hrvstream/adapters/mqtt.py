@@ -325,7 +325,6 @@ class Publisher(_Connection):
         reason code of 0x80 or more, such as 0x87 "not authorized" for a topic outside
         the client's ACL).
         """
-        task = asyncio.current_task()
         # aiomqtt does not fail a publish waiting for its PUBACK when the connection
         # drops; race it against the client's disconnection (a private future of
         # aiomqtt's, the one its own message iterator waits on).
@@ -349,7 +348,8 @@ class Publisher(_Connection):
         finally:
             if not publishing.done():
                 publishing.cancel()
-            mid = self._mid_of.pop(task, None) if task is not None else None
+            # paho's publish ran inside the ``publishing`` task: its message id is there
+            mid = self._mid_of.pop(publishing, None)
         code = self._refused.pop(mid, None) if mid is not None else None
         if code is not None:
             raise BrokerAuthError(
