@@ -39,14 +39,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import importlib.metadata
 import math
 import multiprocessing
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -60,6 +58,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 import scipy
+from machine import cpu_model, git_revision, version
 
 import hrvstream.hrv.frequency
 from hrvstream.hrv.engine import (
@@ -386,45 +385,6 @@ def stream(series: RRSeries, step_s: float | None, n_beats: int, label: str) -> 
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "hrvstream"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{rev} (uncommitted changes in hrvstream/)" if dirty else rev
-
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def fmt_s(seconds: float) -> str:

@@ -40,18 +40,18 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib.metadata
 import multiprocessing
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from machine import cpu_model, git_revision, version
 
 from hrvstream.ble_session import record_virtual, replay_virtual
 from hrvstream.hrv.engine import AnalysisConfig
@@ -214,45 +214,6 @@ def run_fresh(stage: str, path: Path, hours: float | None) -> StageResult:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "hrvstream"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{rev} (uncommitted changes in hrvstream/)" if dirty else rev
-
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
 
 
 def mib(n: int) -> str:
