@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from typing import TextIO
 
@@ -150,8 +149,3 @@ class ProgressBar:
         if self._stream is not None and self._shown:
             self._stream.write("\r" + " " * 60 + "\r")
             self._stream.flush()
-
-
-def stderr_is_terminal() -> bool:
-    """Whether progress would be shown on this process's stderr."""
-    return sys.stderr.isatty()

@@ -61,19 +61,6 @@ def segment_sums(values: FloatArray, starts: IntArray, ends: IntArray) -> FloatA
     return sums
 
 
-def successive_flags(t_s: FloatArray, nn_ms: FloatArray, tolerance_ms: float = 10.0) -> BoolArray:
-    """``flags[i]`` is True when NN ``i`` directly follows NN ``i-1`` (no gap between them).
-
-    Interval ``i`` starts where interval ``i-1`` ends when ``t[i] - t[i-1]`` equals
-    ``nn[i]`` within ``tolerance_ms`` (neurokit2 uses the same 10 ms rule). ``flags[0]``
-    is False.
-    """
-    flags = np.zeros(len(nn_ms), dtype=bool)
-    if len(nn_ms) > 1:
-        flags[1:] = np.abs(np.diff(t_s) * 1000.0 - nn_ms[1:]) <= tolerance_ms
-    return flags
-
-
 @dataclass(frozen=True, slots=True)
 class WindowSums:
     """The running sums time-domain metrics are finished from (one entry per window).
@@ -108,8 +95,8 @@ def window_sums(
     starts, ends:
         Index range of each window.
     successive:
-        Optional flags from :func:`successive_flags`; without them every interval is
-        taken to follow the previous one.
+        Optional flags, True where an interval directly follows the previous one (no
+        gap between them); without them every interval follows the previous one.
     """
     diff = np.zeros(len(nn_ms))
     diff[1:] = np.diff(nn_ms)
