@@ -39,6 +39,7 @@ from hrvstream.protocol.heart_rate import parse_heart_rate_measurement
 from hrvstream.protocol.messages import MAX_BEATS_PER_MESSAGE, BeatsMessage, StatusMessage
 from hrvstream.recordings import read_recording
 from hrvstream.store import BeatRow
+from tests import waiting
 from tests.infra.mosquitto import MosquittoBroker, free_port
 from tests.infra.tcp_proxy import TcpProxy
 from tests.infra.victoriametrics import VictoriaMetrics
@@ -46,6 +47,21 @@ from tests.infra.victoriametrics import VictoriaMetrics
 REPO = Path(__file__).resolve().parent.parent
 #: Bound of any single wait that is not an outage, seconds.
 STEP = 60.0
+
+run = waiting.run
+
+
+async def until(
+    check: Callable[[], bool | Awaitable[bool]],
+    what: str | Callable[[], str],
+    timeout: float = STEP,
+    interval: float = 0.05,
+) -> None:
+    """:func:`tests.waiting.until` bounded by :data:`STEP` unless told otherwise."""
+    await waiting.until(check, what, timeout, interval)
+
+
+parse_prometheus = waiting.parse_prometheus
 PATIENT = "p1"
 #: Broker limits as in deploy/mosquitto/mosquitto.conf: a queue that holds an outage.
 DEPLOY_LIMITS: Mapping[str, Any] = {
@@ -56,37 +72,6 @@ DEPLOY_LIMITS: Mapping[str, Any] = {
 
 
 # == waiting ==============================================================================
-
-
-def run(body: Callable[[], Awaitable[None]], timeout: float) -> None:
-    """Run a test body in a fresh event loop, bounded."""
-
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await body()
-
-    asyncio.run(bounded())
-
-
-async def until(
-    check: Callable[[], bool | Awaitable[bool]],
-    what: str | Callable[[], str],
-    timeout: float = STEP,
-    interval: float = 0.05,
-) -> None:
-    """Poll ``check`` until true; fail after ``timeout`` s saying ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            detail = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {detail}")
-        await asyncio.sleep(interval)  # the polling interval, not a synchronisation
 
 
 # == the recording and what it must become ================================================
@@ -306,15 +291,6 @@ def server_config(
 
 def influx_store(vm: VictoriaMetrics, **extra: object) -> dict[str, object]:
     return {"kind": "influx", "url": vm.url, "org": "clinic", "bucket": "hrv", **extra}
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def _cli(*args: str) -> list[str]:

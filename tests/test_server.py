@@ -47,6 +47,7 @@ from hrvstream.server import (
     server_topics,
 )
 from hrvstream.store import AlertRow, BeatRow, MetricRow, time_key_us
+from tests import waiting
 from tests.conftest import require
 from tests.infra import (
     MosquittoBroker,
@@ -63,21 +64,11 @@ __all__ = ["mosquitto_factory"]  # a fixture, used by name
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 TICK_MS = 1000 / 1024  # strap RR resolution
 STEP = 30.0  # bound of any single wait, seconds
-BEATS_PER_MESSAGE = 8
-REPO = Path(__file__).resolve().parent.parent
-
-
-# == helpers ==============================================================================
 
 
 def run(body: Callable[[], Awaitable[None]], timeout: float = 180.0) -> None:
-    """Run a test body in a fresh event loop, bounded."""
-
-    async def bounded() -> None:
-        async with asyncio.timeout(timeout):
-            await body()
-
-    asyncio.run(bounded())
+    """:func:`tests.waiting.run` with this file's default bound."""
+    waiting.run(body, timeout)
 
 
 async def until(
@@ -85,19 +76,16 @@ async def until(
     what: str | Callable[[], str],
     timeout: float = STEP,
 ) -> None:
-    """Poll ``check`` (every 20 ms) until true; fail after ``timeout`` s saying ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            detail = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {detail}")
-        await asyncio.sleep(0.02)  # the polling interval, not a synchronisation
+    """:func:`tests.waiting.until` bounded by :data:`STEP` unless told otherwise."""
+    await waiting.until(check, what, timeout)
+
+
+parse_prometheus = waiting.parse_prometheus
+BEATS_PER_MESSAGE = 8
+REPO = Path(__file__).resolve().parent.parent
+
+
+# == helpers ==============================================================================
 
 
 def session_messages(
@@ -236,23 +224,6 @@ async def http_get(port: int, path: str) -> tuple[int, str]:
         http.get(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(10)) as r,
     ):
         return r.status, await r.text()
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """``{'name{labels}': value}`` of a Prometheus text page (checks its basic syntax)."""
-    out: dict[str, float] = {}
-    typed: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if not line or line.startswith("#"):
-            continue
-        key, value = line.rsplit(" ", 1)
-        base = key.split("{", 1)[0]
-        assert any(base == t or base in (f"{t}_sum", f"{t}_count") for t in typed), line
-        out[key] = float(value)
-    return out
 
 
 async def scrape(port: int) -> dict[str, float]:
