@@ -58,7 +58,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 import scipy
-from machine import cpu_model, git_revision, version
+from machine import cpu_model, git_revision, proc_status_bytes, recordings_dir, version
 
 import hrvstream.hrv.frequency
 from hrvstream.hrv.engine import (
@@ -116,38 +116,18 @@ def cases(quick: bool) -> list[Case]:
 # --------------------------------------------------------------------------- helpers
 
 
-def recordings_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("HRVSTREAM_RECORDINGS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "recordings"
-
-
-def _proc_status_bytes(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (Linux), in bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def reset_peak_rss() -> bool:
     """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
-    return _proc_status_bytes("VmHWM") is not None
+    return proc_status_bytes("VmHWM") is not None
 
 
 def rss_bytes() -> int:
     """Current resident set size (``VmRSS``; 0 where unknown)."""
-    return _proc_status_bytes("VmRSS") or 0
+    return proc_status_bytes("VmRSS") or 0
 
 
 def peak_rss_bytes() -> int:
@@ -156,7 +136,7 @@ def peak_rss_bytes() -> int:
     ``ru_maxrss`` survives ``fork`` + ``exec``: a spawned child starts with its parent's
     peak, which is why ``VmHWM`` is preferred.
     """
-    hwm = _proc_status_bytes("VmHWM")
+    hwm = proc_status_bytes("VmHWM")
     if hwm is not None:
         return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

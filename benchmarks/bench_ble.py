@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from machine import cpu_model, git_revision, version
+from machine import cpu_model, git_revision, proc_status_bytes, recordings_dir, version
 
 from hrvstream.ble_session import record_virtual, replay_virtual
 from hrvstream.hrv.engine import AnalysisConfig
@@ -75,17 +75,6 @@ STAGES: dict[str, str] = {
 # --------------------------------------------------------------------------- memory
 
 
-def _proc_status_bytes(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (Linux), in bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def reset_peak_rss() -> None:
     """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0)."""
     with contextlib.suppress(OSError):
@@ -94,12 +83,12 @@ def reset_peak_rss() -> None:
 
 def rss_bytes() -> int:
     """Current resident set size (``VmRSS``; 0 where unknown)."""
-    return _proc_status_bytes("VmRSS") or 0
+    return proc_status_bytes("VmRSS") or 0
 
 
 def peak_rss_bytes() -> int:
     """Peak RSS (``VmHWM``, else ``ru_maxrss``, which a spawned child inherits)."""
-    hwm = _proc_status_bytes("VmHWM")
+    hwm = proc_status_bytes("VmHWM")
     if hwm is not None:
         return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -303,15 +292,6 @@ def render(rep: Report) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def recordings_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("HRVSTREAM_RECORDINGS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "recordings"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

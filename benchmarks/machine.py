@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -48,3 +49,24 @@ def version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def recordings_dir(arg: str | None) -> Path:
+    """The shared recordings: ``arg``, $HRVSTREAM_RECORDINGS or ../shared/data/recordings."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get("HRVSTREAM_RECORDINGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "recordings"
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
