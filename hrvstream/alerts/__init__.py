@@ -1,0 +1,27 @@
+"""Relapse-stress alerts: personal baselines, quality gating, rules, lifecycle. Pure.
+
+See :mod:`hrvstream.alerts.engine` for how a window is judged.
+"""
+
+from hrvstream.alerts.config import AlertConfig, AlertConfigSet
+from hrvstream.alerts.engine import (
+    ACUTE,
+    TREND,
+    AlertActionError,
+    AlertEngine,
+    Assessment,
+    Outcome,
+    Window,
+)
+
+__all__ = [
+    "ACUTE",
+    "TREND",
+    "AlertActionError",
+    "AlertConfig",
+    "AlertConfigSet",
+    "AlertEngine",
+    "Assessment",
+    "Outcome",
+    "Window",
+]

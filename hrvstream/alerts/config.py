@@ -1,0 +1,261 @@
+"""Alert rules' settings: defaults, per-patient overrides, and their TOML form.
+
+An ``alerts.toml`` (or the ``[alerts]`` section of the server's file)::
+
+    [alerts]
+    raise_score = 2.0          # composite z-score that starts an acute alert
+    min_duration_s = 120       # ... held this long
+    quiet_hours = "22:00-07:00"
+    timezone = "Europe/London"
+
+    [alerts.patients.p-7f3a]   # a therapist's overrides for one patient
+    raise_score = 2.5
+    trend_enabled = false
+
+Every key is a field of :class:`AlertConfig`. Unknown keys are refused (a typo must not
+silently leave a default in place).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from hrvstream.errors import ConfigError
+
+_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def parse_quiet_hours(text: str) -> tuple[float, float] | None:
+    """``"22:00-07:00"`` as ``(22.0, 7.0)`` hours of the local day; ``""``/``"off"``: none."""
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    m = _HOURS.match(text)
+    if m is None:
+        raise ConfigError(f"quiet_hours {text!r}: expected HH:MM-HH:MM, e.g. '22:00-07:00'")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ConfigError(f"quiet_hours {text!r}: hours 0-23, minutes 0-59")
+    return (h1 + m1 / 60, h2 + m2 / 60)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """How one patient's windows are judged. Defaults are the clinic's defaults.
+
+    Quality gating
+    --------------
+    min_coverage:
+        A window whose beats cover less of it than this is not judged (``low_coverage``).
+    max_artifact_pct:
+        Nor one with more corrected artifacts than this percentage (``artifacts``).
+    activity_hr_delta_bpm:
+        HR this far above the resting baseline is taken as physical activity.
+    activity_rise_bpm_per_min, activity_rise_min_delta_bpm:
+        Or HR rising steadily at least this fast over ``activity_trend_s`` while at
+        least ``activity_rise_min_delta_bpm`` above baseline: exercise building up.
+    activity_trend_s:
+        The span over which the rise is measured: longer than the HRV window, so the
+        ramp a step change of HR (stress) makes in window means does not count.
+    activity_hold_s:
+        Windows are still treated as activity this long after the last active one
+        (recovery: HRV stays low for minutes after exercise; the window also still holds
+        exercise beats).
+
+    Baselines
+    ---------
+    baseline_days:
+        The long-term baseline pools clean resting windows of this many days.
+    baseline_min_windows:
+        Windows it needs before it is used (independent windows, one per ``window_s``).
+    session_min_windows:
+        Without a long-term baseline, the current session's quiet windows form a
+        short-term baseline once there are this many.
+    sd_floor_ln_rmssd, sd_floor_hr_bpm, sd_floor_ln_lf_hf:
+        Smallest spread used in z-scores (a very regular baseline must not turn small
+        changes into large z).
+
+    Acute stress rule
+    -----------------
+    acute_enabled:
+        The rule is on.
+    weight_ln_rmssd, weight_hr, weight_ln_lf_hf:
+        Weights of ``-z(lnRMSSD)``, ``z(HR)`` and ``z(ln LF/HF)`` in the stress score.
+    raise_score, min_duration_s:
+        An alert is raised when the score stays at or above ``raise_score`` for
+        ``min_duration_s``.
+    clear_score, clear_duration_s:
+        It resolves when the score stays below ``clear_score`` for ``clear_duration_s``
+        (hysteresis: between the two, nothing changes).
+    critical_score:
+        Raised as ``critical`` (not ``warning``) when the score reaches this.
+    cooldown_s:
+        After an acute alert resolves, no new one for this long.
+    max_gap_s:
+        An open alert whose data stops for this long resolves (``data stopped``).
+
+    Multi-day trend rule
+    --------------------
+    trend_enabled, trend_days, normal_days, trend_min_days, trend_sd_factor:
+        The mean of daily lnRMSSD over the last ``trend_days`` days below the normal range
+        (mean - ``trend_sd_factor`` SD of the daily values over the ``normal_days`` days
+        before them; at least ``trend_min_days`` of those) raises ``trend_decline``. It
+        resolves when the rolling mean is back above the lower edge.
+    trend_min_windows_per_day:
+        A day counts when it has at least this many clean resting windows.
+
+    Notifications
+    -------------
+    quiet_hours:
+        ``(start_h, end_h)`` local hours (may wrap midnight) or ``None``. Alerts raised
+        in them are stored and shown but carry ``notify = 0`` (critical ones still notify).
+    timezone:
+        The patient's IANA time zone, for days and quiet hours.
+    """
+
+    min_coverage: float = 0.9
+    max_artifact_pct: float = 5.0
+    activity_hr_delta_bpm: float = 30.0
+    activity_rise_bpm_per_min: float = 1.0
+    activity_rise_min_delta_bpm: float = 10.0
+    activity_trend_s: float = 900.0
+    activity_hold_s: float = 600.0
+    baseline_days: float = 14.0
+    baseline_min_windows: int = 24
+    session_min_windows: int = 6
+    sd_floor_ln_rmssd: float = 0.08
+    sd_floor_hr_bpm: float = 2.0
+    sd_floor_ln_lf_hf: float = 0.15
+    acute_enabled: bool = True
+    weight_ln_rmssd: float = 1.0
+    weight_hr: float = 1.0
+    weight_ln_lf_hf: float = 0.5
+    raise_score: float = 2.0
+    min_duration_s: float = 120.0
+    clear_score: float = 1.0
+    clear_duration_s: float = 300.0
+    critical_score: float = 4.0
+    cooldown_s: float = 1800.0
+    max_gap_s: float = 1800.0
+    trend_enabled: bool = True
+    trend_days: int = 7
+    normal_days: int = 60
+    trend_min_days: int = 14
+    trend_sd_factor: float = 0.5
+    trend_min_windows_per_day: int = 6
+    quiet_hours: tuple[float, float] | None = (22.0, 7.0)
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "min_duration_s",
+            "clear_duration_s",
+            "activity_trend_s",
+            "baseline_days",
+            "sd_floor_ln_rmssd",
+            "sd_floor_hr_bpm",
+            "sd_floor_ln_lf_hf",
+            "max_gap_s",
+            "trend_sd_factor",
+        )
+        for name in positive:
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"[alerts] {name} must be a number > 0, got {v!r}")
+        for name in ("activity_hold_s", "cooldown_s", "activity_hr_delta_bpm"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"[alerts] {name} must be a number >= 0, got {v!r}")
+        if not 0 <= self.min_coverage <= 1:
+            raise ConfigError(f"[alerts] min_coverage must be in 0..1, got {self.min_coverage}")
+        if self.clear_score >= self.raise_score:
+            raise ConfigError("[alerts] clear_score must be below raise_score (hysteresis)")
+        if self.critical_score < self.raise_score:
+            raise ConfigError("[alerts] critical_score must be at least raise_score")
+        for name in ("baseline_min_windows", "session_min_windows", "trend_min_windows_per_day"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[alerts] {name} must be >= 1")
+        if not 1 <= self.trend_days < self.normal_days:
+            raise ConfigError("[alerts] need 1 <= trend_days < normal_days")
+        if not 2 <= self.trend_min_days <= self.normal_days:
+            raise ConfigError("[alerts] need 2 <= trend_min_days <= normal_days")
+        if self.weight_ln_rmssd + self.weight_hr + self.weight_ln_lf_hf <= 0:
+            raise ConfigError("[alerts] the stress-score weights must not all be 0")
+        self.zone()  # raises for an unknown zone
+
+    def zone(self) -> ZoneInfo:
+        """The patient's time zone."""
+        try:
+            return ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"[alerts] timezone {self.timezone!r} is not a known zone") from exc
+
+    def with_values(self, values: Mapping[str, Any], where: str = "[alerts]") -> AlertConfig:
+        """A copy with ``values`` (TOML keys) applied; unknown keys and bad types refused."""
+        changes: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in _FIELDS:
+                known = ", ".join(sorted(_FIELDS))
+                raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+            changes[key] = _convert(key, raw, where)
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS: Final[dict[str, Any]] = {f.name: f.type for f in dataclasses.fields(AlertConfig)}
+
+
+def _convert(key: str, raw: Any, where: str) -> Any:
+    default = getattr(AlertConfig(), key)
+    if key == "quiet_hours":
+        if raw is False or raw is None:
+            return None
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where} quiet_hours: expected 'HH:MM-HH:MM' or 'off'")
+        return parse_quiet_hours(raw)
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where} {key}: expected true or false, got {raw!r}")
+        return raw
+    if isinstance(default, int):
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"{where} {key}: expected an integer, got {raw!r}")
+        return raw
+    if isinstance(default, float):
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ConfigError(f"{where} {key}: expected a number, got {raw!r}")
+        return float(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where} {key}: expected a string, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfigSet:
+    """The clinic's defaults and each patient's overrides."""
+
+    default: AlertConfig = field(default_factory=AlertConfig)
+    patients: Mapping[str, AlertConfig] = field(default_factory=dict)
+
+    def for_patient(self, patient: str) -> AlertConfig:
+        """The settings that apply to ``patient``."""
+        return self.patients.get(patient, self.default)
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any], where: str = "[alerts]") -> AlertConfigSet:
+        """From the ``[alerts]`` table of a TOML file (with its ``patients`` sub-tables)."""
+        values = {k: v for k, v in section.items() if k != "patients"}
+        default = AlertConfig().with_values(values, where)
+        patients: dict[str, AlertConfig] = {}
+        raw_patients = section.get("patients", {})
+        if not isinstance(raw_patients, Mapping):
+            raise ConfigError(f"{where} patients: expected tables [alerts.patients.<code>]")
+        for code, overrides in raw_patients.items():
+            if not isinstance(overrides, Mapping):
+                raise ConfigError(f"{where}.patients.{code}: expected a table")
+            patients[str(code)] = default.with_values(overrides, f"[alerts.patients.{code}]")
+        return cls(default, patients)
