@@ -386,9 +386,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from hrvstream.server import main_server
+    from hrvstream.clinic import main_clinic
 
-    return main_server(args)
+    return main_clinic(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

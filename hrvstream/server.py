@@ -148,6 +148,7 @@ from hrvstream.store import (
 __all__ = [
     "DEFAULT_HTTP_LISTEN",
     "AlertAckListener",
+    "LiveObserver",
     "MetricsListener",
     "NullListener",
     "Server",
@@ -558,6 +559,15 @@ class AlertAckListener(Protocol):
         ...
 
 
+@runtime_checkable
+class LiveObserver(Protocol):
+    """Sees every message the server handled, for live views. Must not block or await."""
+
+    def observe(self, message: Message) -> None:
+        """One handled message (see :class:`Server`, ``observers``)."""
+        ...
+
+
 class NullListener:
     """The default hooks: metrics are ignored, acknowledgements logged at INFO."""
 
@@ -778,6 +788,12 @@ class Server:
         Called with every stored :class:`MetricsMessage` (default: nothing).
     alert_ack_listener:
         Called with every :class:`AlertAckMessage` (default: logged).
+    observers:
+        Live views (:class:`LiveObserver`, e.g. the dashboard): called with every beats
+        and metrics message once stored, every status as it arrives, every alert change
+        once stored, and every acknowledgement once handled.
+    web_setup:
+        Called with the HTTP application before it starts, to add routes (the dashboard).
 
     Attributes
     ----------
@@ -798,8 +814,12 @@ class Server:
         store: Store | None = None,
         metrics_listener: MetricsListener | None = None,
         alert_ack_listener: AlertAckListener | None = None,
+        observers: Sequence[LiveObserver] = (),
+        web_setup: Callable[[web.Application], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._observers: list[LiveObserver] = list(observers)
+        self._web_setup = web_setup
         self.topics = server_topics(settings.shared_group)
         self.stats = ServerStats()
         self.statuses: dict[str, StatusMessage] = {}
@@ -815,6 +835,18 @@ class Server:
         self.ready = asyncio.Event()  # set once HTTP listens and the store is open
 
     # -- public -------------------------------------------------------------------------
+
+    def add_observer(self, observer: LiveObserver) -> None:
+        """Add a live observer (see the ``observers`` parameter)."""
+        self._observers.append(observer)
+
+    def _notify(self, message: Message) -> None:
+        for observer in self._observers:
+            try:
+                observer.observe(message)
+            except Exception:
+                self.stats.listener_errors += 1
+                log.exception("a live observer failed on a %s message", message.KIND)
 
     @property
     def store(self) -> Store:
@@ -884,6 +916,7 @@ class Server:
         await self.store.write_alerts([alert_row(alert)])
         await self.store.flush()
         self.stats.alerts_stored += 1
+        self._notify(alert)
         conn = self._conn
         if conn is None or conn.lost.is_set():
             raise BrokerUnavailable(f"not connected to {self.settings.broker.display}")
@@ -1153,6 +1186,7 @@ class Server:
             previous = self.statuses.get(message.patient)
             if previous is None or message.t_unix_s >= previous.t_unix_s:
                 self.statuses[message.patient] = message
+                self._notify(message)
         return item
 
     def _bad(self, item: _Item, reason: str, exc: MessageError | None) -> None:
@@ -1245,12 +1279,15 @@ class Server:
             if isinstance(m, BeatsMessage):
                 s.beats_stored += len(item.beats)
                 s.publish_to_stored.add(now, wall - m.sent_unix_s)
+                self._notify(m)
             elif isinstance(m, MetricsMessage) and item.metrics is not None:
                 s.metrics_stored += 1
                 await self._call_hook(self._metrics_listener.on_metrics, m)
+                self._notify(m)
             elif isinstance(m, AlertAckMessage):
                 s.alert_acks += 1
                 await self._call_hook(self._ack_listener.on_alert_ack, m)
+                self._notify(m)
         if conn.lost.is_set():
             return  # the broker delivers them again on the next connection
         for item in batch:
@@ -1274,6 +1311,8 @@ class Server:
         app = web.Application()
         app.router.add_get("/healthz", self._http_health)
         app.router.add_get("/metrics", self._http_metrics)
+        if self._web_setup is not None:
+            self._web_setup(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

@@ -1,0 +1,248 @@
+"""The clinic side assembled: ingest server + alert engine + therapist dashboard.
+
+``hrvstream server --config server.toml`` runs this. Besides the sections of
+:func:`hrvstream.server.load_server_settings` the file may have::
+
+    [alerts]                         # rules: see hrvstream.alerts.config
+    state_path = "/var/lib/hrvstream/alert-state.db"
+    raise_score = 2.0
+    [alerts.patients.p-7f3a]
+    raise_score = 2.5
+
+    [dashboard]
+    enabled = true                   # default: on when accounts is set; on [http] listen
+    accounts = "/var/lib/hrvstream/accounts.db"   # `hrvstream users add ...` writes it
+    cookie_secure = true             # behind an HTTPS reverse proxy (deployments: yes)
+    idle_timeout_min = 30
+
+``HRVSTREAM_ALERTS_STATE_PATH``, ``HRVSTREAM_DASHBOARD_ENABLED``,
+``HRVSTREAM_DASHBOARD_ACCOUNTS`` and ``HRVSTREAM_DASHBOARD_COOKIE_SECURE`` override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from hrvstream.alert_service import AlertService
+from hrvstream.alerts import AlertConfigSet
+from hrvstream.config import load_toml
+from hrvstream.errors import ConfigError
+from hrvstream.protocol.messages import AlertMessage, StatusMessage
+from hrvstream.server import Server, ServerSettings, load_server_settings
+from hrvstream.store import Store
+
+if TYPE_CHECKING:
+    from hrvstream.dashboard.accounts import Accounts
+    from hrvstream.dashboard.app import DashboardSettings
+
+log = logging.getLogger(__name__)
+
+_DASHBOARD_KEYS = {
+    "enabled": bool,
+    "accounts": str,
+    "cookie_secure": bool,
+    "idle_timeout_min": float,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicSettings:
+    """Everything ``hrvstream server`` runs."""
+
+    server: ServerSettings
+    alerts: AlertConfigSet
+    alert_state_path: Path | None = None
+    dashboard_accounts: Path | None = None
+    cookie_secure: bool = False
+    idle_timeout_s: float = 1800.0
+
+
+def _env_bool(name: str, text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r}: expected true or false")
+
+
+def load_clinic_settings(
+    path: str | Path | None, env: Mapping[str, str] | None = None
+) -> ClinicSettings:
+    """Server, alert and dashboard settings from one TOML file plus ``HRVSTREAM_*``."""
+    environ: Mapping[str, str] = os.environ if env is None else env
+    server = load_server_settings(path, environ)
+    sections = load_toml(path)
+    alerts_section: dict[str, Any] = dict(sections.get("alerts", {}))
+    state_path = alerts_section.pop("state_path", None)
+    state_path = environ.get("HRVSTREAM_ALERTS_STATE_PATH", state_path)
+    alerts = AlertConfigSet.from_mapping(alerts_section)
+
+    dash: dict[str, Any] = dict(sections.get("dashboard", {}))
+    for key in dash:
+        if key not in _DASHBOARD_KEYS:
+            raise ConfigError(
+                f"[dashboard]: unknown key {key!r} (known: {', '.join(_DASHBOARD_KEYS)})"
+            )
+    accounts = environ.get("HRVSTREAM_DASHBOARD_ACCOUNTS", dash.get("accounts"))
+    enabled = dash.get("enabled", accounts is not None)
+    if "HRVSTREAM_DASHBOARD_ENABLED" in environ:
+        enabled = _env_bool("HRVSTREAM_DASHBOARD_ENABLED", environ["HRVSTREAM_DASHBOARD_ENABLED"])
+    secure = dash.get("cookie_secure", False)
+    if "HRVSTREAM_DASHBOARD_COOKIE_SECURE" in environ:
+        secure = _env_bool(
+            "HRVSTREAM_DASHBOARD_COOKIE_SECURE", environ["HRVSTREAM_DASHBOARD_COOKIE_SECURE"]
+        )
+    idle_min = dash.get("idle_timeout_min", 30.0)
+    if not isinstance(idle_min, int | float) or isinstance(idle_min, bool) or idle_min <= 0:
+        raise ConfigError(f"[dashboard] idle_timeout_min must be a number > 0, got {idle_min!r}")
+    if enabled and accounts is None:
+        raise ConfigError(
+            "[dashboard] accounts is not set: name the accounts file (created with "
+            "'hrvstream users add NAME --accounts FILE'), or set enabled = false"
+        )
+    if not isinstance(secure, bool):
+        raise ConfigError("[dashboard] cookie_secure must be true or false")
+    return ClinicSettings(
+        server=server,
+        alerts=alerts,
+        alert_state_path=None if state_path is None else Path(state_path),
+        dashboard_accounts=Path(accounts) if enabled and accounts is not None else None,
+        cookie_secure=secure,
+        idle_timeout_s=float(idle_min) * 60.0,
+    )
+
+
+class ClinicSource:
+    """The dashboard's view of the server and the alert engine (a ``DashboardSource``)."""
+
+    def __init__(self, server: Server, alerts: AlertService) -> None:
+        self._server = server
+        self._alerts = alerts
+
+    @property
+    def store(self) -> Store:
+        """The server's store."""
+        return self._server.store
+
+    def statuses(self) -> Mapping[str, StatusMessage]:
+        """Latest status per patient."""
+        return self._server.statuses
+
+    def assessment(self, patient: str) -> Mapping[str, object] | None:
+        """The alert engine's view of the patient."""
+        return self._alerts.assessment(patient)
+
+    def open_alerts(self, patient: str | None = None) -> list[AlertMessage]:
+        """Open alerts, newest first."""
+        return self._alerts.open_alerts(patient)
+
+    async def acknowledge(
+        self, patient: str, alert_id: str, by: str, note: str | None
+    ) -> AlertMessage:
+        """Acknowledge through the alert service (stored and published)."""
+        return await self._alerts.acknowledge(patient, alert_id, by, note)
+
+
+def dashboard_settings(
+    accounts_path: Path, *, cookie_secure: bool = False, idle_timeout_s: float = 1800.0
+) -> DashboardSettings:
+    """The dashboard's settings object (imports the web app lazily)."""
+    from hrvstream.dashboard.app import DashboardSettings
+
+    return DashboardSettings(
+        accounts_path=accounts_path, cookie_secure=cookie_secure, idle_timeout_s=idle_timeout_s
+    )
+
+
+def build_clinic(
+    settings: ServerSettings,
+    alerts: AlertService,
+    *,
+    dashboard: DashboardSettings | None = None,
+    accounts: Accounts | None = None,
+    store: Store | None = None,
+) -> Server:
+    """A server wired to the alert service and (optionally) the dashboard."""
+    server: Server
+
+    def web_setup(app: web.Application) -> None:
+        from hrvstream.dashboard.app import setup_dashboard
+
+        assert dashboard is not None
+        hub = setup_dashboard(
+            app, source=ClinicSource(server, alerts), settings=dashboard, accounts=accounts
+        )
+        server.add_observer(hub)
+
+    server = Server(
+        settings,
+        store=store,
+        metrics_listener=alerts,
+        alert_ack_listener=alerts,
+        observers=[alerts],
+        web_setup=None if dashboard is None else web_setup,
+    )
+    alerts.attach(server.publish_alert)
+    return server
+
+
+async def serve_clinic(settings: ClinicSettings, *, stop: asyncio.Event | None = None) -> Server:
+    """Run the clinic until SIGTERM/SIGINT (or ``stop``); a second signal aborts shutdown."""
+    stop = stop or asyncio.Event()
+    alerts = AlertService(settings.alerts, state_path=settings.alert_state_path)
+    dash = (
+        None
+        if settings.dashboard_accounts is None
+        else dashboard_settings(
+            settings.dashboard_accounts,
+            cookie_secure=settings.cookie_secure,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
+    )
+    server = build_clinic(settings.server, alerts, dashboard=dash)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: giving up the clean shutdown", sig.name)
+            if task is not None:
+                task.cancel()
+            return
+        log.info("%s: shutting down", sig.name)
+        stop.set()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        await server.run(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        alerts.close()
+    return server
+
+
+def main_clinic(args: argparse.Namespace) -> int:
+    """``hrvstream server``: returns the exit status; errors are HrvStreamError."""
+    settings = load_clinic_settings(args.config)
+    try:
+        asyncio.run(serve_clinic(settings))
+    except asyncio.CancelledError:
+        return 130
+    return 0
