@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from hrvstream import __version__
+from hrvstream.dashboard.users_cli import add_users_parser, run_users
 from hrvstream.errors import ConfigError, HrvStreamError
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--missed-rate", type=float, default=0.0, help="missed beats per beat")
     s.add_argument("--extra-rate", type=float, default=0.0, help="extra beats per beat")
     s.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
+    add_users_parser(sub)
     return parser
 
 
@@ -595,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server": _cmd_server,
         "agent": _cmd_agent,
         "demo": _cmd_demo,
+        "users": run_users,
         "analyze": _cmd_analyze,
         "record": _cmd_record,
         "replay": _cmd_replay,

@@ -1,0 +1,1 @@
+"""The therapist dashboard: web app, accounts and sessions, and the seam to the server."""
