@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hrvstream.adapters.alert_state import AlertStateError, AlertStateFile
 from hrvstream.alerts import AlertActionError, AlertConfigSet, AlertEngine, Window
+from hrvstream.alerts.engine import RECENT_HR_S
 from hrvstream.errors import HrvStreamError
 from hrvstream.protocol.messages import (
     AlertAckMessage,
@@ -40,6 +41,8 @@ from hrvstream.protocol.messages import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[AlertMessage], Awaitable[None]]
+#: Beats kept per patient for the recent HR (more than RECENT_HR_S: messages interleave).
+_BEATS_KEPT_S = 120.0
 Observer = Callable[[AlertMessage], None]
 
 
@@ -76,6 +79,7 @@ class AlertService:
                         f"{data.get('patient', '?')} cannot be read ({exc})"
                     ) from exc
         self._contact: dict[str, bool | None] = {}
+        self._beats: dict[str, deque[tuple[float, float]]] = {}
         self._publish: Publish | None = None
         self._unpublished: deque[AlertMessage] = deque()
         self._lock = asyncio.Lock()
@@ -100,13 +104,36 @@ class AlertService:
     # -- server hooks ---------------------------------------------------------------------
 
     def observe(self, message: Message) -> None:
-        """Keep the latest skin-contact flag of each patient (from beats messages)."""
-        if isinstance(message, BeatsMessage) and message.contact is not None:
+        """Keep each patient's latest skin-contact flag and last minutes of beats."""
+        if not isinstance(message, BeatsMessage):
+            return
+        if message.contact is not None:
             self._contact[message.patient] = message.contact
+        beats = self._beats.setdefault(message.patient, deque())
+        for t, rr in zip(message.t_s, message.rr_ms, strict=True):
+            t_unix = message.origin_unix_s + t
+            if rr > 0 and (not beats or t_unix > beats[-1][0]):
+                beats.append((t_unix, rr))
+        if beats:
+            horizon = beats[-1][0] - _BEATS_KEPT_S
+            while beats and beats[0][0] < horizon:
+                beats.popleft()
+
+    def recent_hr_bpm(self, patient: str, t_unix_s: float) -> float | None:
+        """Mean HR of the patient's beats in the last 30 s before ``t_unix_s`` (or None)."""
+        beats = self._beats.get(patient)
+        if not beats:
+            return None
+        rr = [r for t, r in beats if t_unix_s - RECENT_HR_S < t <= t_unix_s]
+        return 60000.0 * len(rr) / sum(rr) if rr else None
 
     async def on_metrics(self, message: MetricsMessage) -> None:
         """Judge one stored window; store and publish the alert changes it causes."""
-        window = Window.from_message(message, contact=self._contact.get(message.patient))
+        window = Window.from_message(
+            message,
+            contact=self._contact.get(message.patient),
+            recent_hr_bpm=self.recent_hr_bpm(message.patient, message.t_unix_s),
+        )
         async with self._lock:
             outcome = self.engine.observe(window)
             if outcome.duplicate:

@@ -12,6 +12,8 @@ from hrvstream.alerts.engine import (
     Assessment,
     Outcome,
     Window,
+    recent_hr_bpm,
+    windows_from_analysis,
 )
 
 __all__ = [
@@ -24,4 +26,6 @@ __all__ = [
     "Assessment",
     "Outcome",
     "Window",
+    "recent_hr_bpm",
+    "windows_from_analysis",
 ]

@@ -55,13 +55,15 @@ class AlertConfig:
     max_artifact_pct:
         Nor one with more corrected artifacts than this percentage (``artifacts``).
     activity_hr_delta_bpm:
-        HR this far above the resting baseline is taken as physical activity.
+        HR (the window's, or the last 30 s of beats) this far above the resting baseline
+        is taken as physical activity.
     activity_rise_bpm_per_min, activity_rise_min_delta_bpm:
-        Or HR rising steadily at least this fast over ``activity_trend_s`` while at
-        least ``activity_rise_min_delta_bpm`` above baseline: exercise building up.
+        Or the recent HR (last 30 s of beats) rising steadily, at least this fast, over
+        ``activity_trend_s`` while ``activity_rise_min_delta_bpm`` above baseline:
+        exercise building up. "Steadily": in steps of similar size, which the ramp of a
+        stress response (a minute or two, then level) is not.
     activity_trend_s:
-        The span over which the rise is measured: longer than the HRV window, so the
-        ramp a step change of HR (stress) makes in window means does not count.
+        The span over which the rise is measured.
     activity_hold_s:
         Windows are still treated as activity this long after the last active one
         (recovery: HRV stays low for minutes after exercise; the window also still holds
@@ -106,6 +108,16 @@ class AlertConfig:
         (mean - ``trend_sd_factor`` SD of the daily values over the ``normal_days`` days
         before them; at least ``trend_min_days`` of those) raises ``trend_decline``. It
         resolves when the rolling mean is back above the lower edge.
+    trend_z:
+        ... and the rolling mean must also be this many standard errors below the
+        normal mean (SD of daily values / sqrt(days averaged)): a 7-day mean scatters
+        less than single days, and mean - 0.5 SD alone would be crossed on ~10% of
+        calm days.
+    trend_sd_floor:
+        Smallest SD of daily lnRMSSD used (very regular days must not make a few percent
+        look like a decline).
+    trend_days_below:
+        Days in a row the rule must hold before the alert is raised.
     trend_min_windows_per_day:
         A day counts when it has at least this many clean resting windows.
 
@@ -123,7 +135,7 @@ class AlertConfig:
     activity_hr_delta_bpm: float = 30.0
     activity_rise_bpm_per_min: float = 1.0
     activity_rise_min_delta_bpm: float = 10.0
-    activity_trend_s: float = 900.0
+    activity_trend_s: float = 240.0
     activity_hold_s: float = 600.0
     baseline_days: float = 14.0
     baseline_min_windows: int = 24
@@ -147,6 +159,9 @@ class AlertConfig:
     normal_days: int = 60
     trend_min_days: int = 14
     trend_sd_factor: float = 0.5
+    trend_z: float = 2.0
+    trend_sd_floor: float = 0.05
+    trend_days_below: int = 2
     trend_min_windows_per_day: int = 6
     quiet_hours: tuple[float, float] | None = (22.0, 7.0)
     timezone: str = "UTC"
@@ -162,6 +177,8 @@ class AlertConfig:
             "sd_floor_ln_lf_hf",
             "max_gap_s",
             "trend_sd_factor",
+            "trend_z",
+            "trend_sd_floor",
         )
         for name in positive:
             v = getattr(self, name)
@@ -177,7 +194,12 @@ class AlertConfig:
             raise ConfigError("[alerts] clear_score must be below raise_score (hysteresis)")
         if self.critical_score < self.raise_score:
             raise ConfigError("[alerts] critical_score must be at least raise_score")
-        for name in ("baseline_min_windows", "session_min_windows", "trend_min_windows_per_day"):
+        for name in (
+            "baseline_min_windows",
+            "session_min_windows",
+            "trend_min_windows_per_day",
+            "trend_days_below",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[alerts] {name} must be >= 1")
         if not 1 <= self.trend_days < self.normal_days:

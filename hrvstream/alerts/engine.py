@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from hrvstream.alerts.baseline import (
     Baseline,
     DayTotal,
@@ -63,7 +66,9 @@ ACUTE: Final = "acute_stress"
 TREND: Final = "trend_decline"
 #: Kept per patient after an alert closes, so a repeated acknowledgement is recognised.
 RECENT_CLOSED: Final = 50
-STATE_VERSION: Final = 1
+#: Span of the recent HR that activity detection reads (see :attr:`Window.recent_hr_bpm`).
+RECENT_HR_S: Final = 30.0
+STATE_VERSION: Final = 2
 _CLIP: Final = (-4.0, 8.0)
 
 Quality = Literal["ok", "no_contact", "missing", "low_coverage", "artifacts"]
@@ -78,7 +83,9 @@ class AlertActionError(HrvStreamError):
 class Window:
     """One HRV window of one patient, as the engine needs it (``None``: missing).
 
-    ``contact`` is the strap's skin contact during the window when known.
+    ``contact`` is the strap's skin contact during the window when known;
+    ``recent_hr_bpm`` the mean HR of the last :data:`RECENT_HR_S` seconds of beats before
+    the window's end (the window mean lags the start of exercise by minutes).
     """
 
     patient: str
@@ -91,10 +98,13 @@ class Window:
     rmssd_ms: float | None
     lf_hf: float | None
     contact: bool | None = None
+    recent_hr_bpm: float | None = None
 
     @classmethod
-    def from_message(cls, m: MetricsMessage, contact: bool | None = None) -> Window:
-        """From a metrics message (plus the contact state the server last saw)."""
+    def from_message(
+        cls, m: MetricsMessage, contact: bool | None = None, recent_hr_bpm: float | None = None
+    ) -> Window:
+        """From a metrics message (plus what the server saw in the beats messages)."""
         return cls(
             patient=m.patient,
             session=m.session,
@@ -106,6 +116,7 @@ class Window:
             rmssd_ms=m.rmssd_ms,
             lf_hf=m.lf_hf,
             contact=contact,
+            recent_hr_bpm=recent_hr_bpm,
         )
 
     @classmethod
@@ -116,6 +127,7 @@ class Window:
         origin_unix_s: float,
         window_s: float,
         row: Mapping[str, float],
+        recent_hr_bpm: float | None = None,
     ) -> Window:
         """From a row of :func:`hrvstream.hrv.engine.analyze` (NaN: missing)."""
 
@@ -133,6 +145,9 @@ class Window:
             mean_hr_bpm=v("mean_hr_bpm"),
             rmssd_ms=v("rmssd_ms"),
             lf_hf=v("lf_hf"),
+            recent_hr_bpm=None
+            if recent_hr_bpm is None or math.isnan(recent_hr_bpm)
+            else float(recent_hr_bpm),
         )
 
 
@@ -343,8 +358,9 @@ class PatientState:
     activity_until: float | None = None
     acute: _Acute = field(default_factory=_Acute)
     trend_active: str | None = None
+    trend_days_below: int = 0
     alerts: dict[str, AlertRecord] = field(default_factory=dict)
-    closed: deque[str] = field(default_factory=deque)
+    closed: deque[tuple[str, str | None]] = field(default_factory=deque)
     assessment: Assessment | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -353,6 +369,7 @@ class PatientState:
         return {
             "version": STATE_VERSION,
             "patient": self.patient,
+            "spacing_s": self.pool.spacing_s,
             "pool": [s.to_list() for s in self.pool.samples],
             "session": self.session,
             "session_pool": None
@@ -366,8 +383,9 @@ class PatientState:
             "activity_until": self.activity_until,
             "acute": [a.pending_since, a.clear_since, a.active, a.last_resolved, a.peak],
             "trend_active": self.trend_active,
+            "trend_days_below": self.trend_days_below,
             "alerts": [r.to_json() for r in self.alerts.values()],
-            "closed": list(self.closed),
+            "closed": [list(c) for c in self.closed],
         }
 
 
@@ -410,7 +428,7 @@ class AlertEngine:
         patient = str(data["patient"])
         cfg = self.config.for_patient(patient)
         samples = [Sample.from_list(v) for v in data["pool"]]
-        spacing = 300.0
+        spacing = float(data["spacing_s"])
         pool = SamplePool(cfg.baseline_days * 86400.0, spacing)
         pool.samples.extend(samples)
         st = PatientState(patient, pool)
@@ -427,8 +445,9 @@ class AlertEngine:
         a = data["acute"]
         st.acute = _Acute(a[0], a[1], a[2], a[3], float(a[4]))
         st.trend_active = data["trend_active"]
+        st.trend_days_below = int(data["trend_days_below"])
         st.alerts = {r["alert_id"]: AlertRecord.from_json(r) for r in data["alerts"]}
-        st.closed = deque(data["closed"], maxlen=RECENT_CLOSED)
+        st.closed = deque(((str(i), b) for i, b in data["closed"]), maxlen=RECENT_CLOSED)
         self._patients[patient] = st
 
     def assessment(self, patient: str) -> Assessment | None:
@@ -467,6 +486,7 @@ class AlertEngine:
             st.closed.clear()
             st.acute = _Acute()
             st.trend_active = None
+            st.trend_days_below = 0
             st.activity_until = None
             st.hr_recent.clear()
 
@@ -491,8 +511,11 @@ class AlertEngine:
         st = self._patients.get(patient)
         record = None if st is None else st.alerts.get(alert)
         if st is None or record is None:
-            if st is not None and alert in st.closed:
-                return None
+            closed_by = None if st is None else dict(st.closed).get(alert, "")
+            if closed_by == by:
+                return None  # a repeat of the acknowledgement that closed it
+            if closed_by:
+                raise AlertActionError(f"alert {alert} was already acknowledged by {closed_by}")
             raise AlertActionError(f"no open alert {alert} for this patient")
         if record.acknowledged_by is not None:
             if record.acknowledged_by == by:
@@ -525,6 +548,9 @@ class AlertEngine:
             st.hr_recent.clear()
         if gap is not None and gap >= cfg.max_gap_s:
             events += self._resolve_acute(st, st.last_t - gap, "data stopped")
+        if gap is not None and gap >= cfg.min_duration_s:
+            st.acute.pending_since = None  # "sustained" means without a hole in the data
+            st.acute.clear_since = None
         events += self._new_day(st, w, cfg)
 
         baseline = self._baseline(st, cfg)
@@ -579,9 +605,18 @@ class AlertEngine:
             return Outcome(tuple(events), st.assessment, sample_added=added)
         if cfg.acute_enabled:
             events += self._acute(st, w, cfg, baseline, score)
+        elif score.score >= cfg.raise_score:  # no alerts, but the state still shows it
+            st.acute.pending_since = st.acute.pending_since or w.t_unix_s
+        else:
+            st.acute.pending_since = None
+        # "stressed" once it is sustained (an alert, or held min_duration_s in a cooldown):
+        # a single high window is "elevated", not yet a state to act on.
+        held = st.acute.pending_since is not None and (
+            w.t_unix_s - st.acute.pending_since >= cfg.min_duration_s
+        )
         state: State = (
             "stressed"
-            if score.score >= cfg.raise_score or st.acute.active is not None
+            if st.acute.active is not None or held
             else "elevated"
             if score.score >= cfg.clear_score
             else "calm"
@@ -604,20 +639,23 @@ class AlertEngine:
         self, st: PatientState, w: Window, cfg: AlertConfig, baseline: Baseline | None
     ) -> bool:
         assert w.mean_hr_bpm is not None
-        hr = w.mean_hr_bpm
+        hr = w.recent_hr_bpm if w.recent_hr_bpm is not None else w.mean_hr_bpm
         recent = st.hr_recent
         recent.append((w.t_unix_s, hr))
         while recent and recent[0][0] < w.t_unix_s - cfg.activity_trend_s:
             recent.popleft()
         rest = baseline.hr_bpm.centre if baseline is not None else None
-        delta = None if rest is None else hr - rest
         active = False
-        if delta is not None:
+        if rest is not None:
+            delta = max(hr, w.mean_hr_bpm) - rest
+            # The rise test needs the recent HR: window means turn any step of HR into a
+            # steady ramp one window long.
             active = delta >= cfg.activity_hr_delta_bpm or (
-                delta >= cfg.activity_rise_min_delta_bpm
+                w.recent_hr_bpm is not None
+                and hr - rest >= cfg.activity_rise_min_delta_bpm
                 and _rising(recent, cfg.activity_trend_s, cfg.activity_rise_bpm_per_min)
             )
-        elif hr >= 100.0:  # no resting HR known yet: an absolute bound
+        elif max(hr, w.mean_hr_bpm) >= 100.0:  # no resting HR known yet: an absolute bound
             active = True
         if active:
             st.activity_until = w.t_unix_s + max(cfg.activity_hold_s, w.window_s)
@@ -693,7 +731,7 @@ class AlertEngine:
     def _close_if_done(self, st: PatientState, record: AlertRecord) -> None:
         if record.closed:
             st.alerts.pop(record.alert_id, None)
-            st.closed.append(record.alert_id)
+            st.closed.append((record.alert_id, record.acknowledged_by))
             while len(st.closed) > RECENT_CLOSED:
                 st.closed.popleft()
 
@@ -734,14 +772,19 @@ class AlertEngine:
         nums = _trend_numbers(st, day, cfg)
         if nums is None:
             return []
-        below = nums["value"] < nums["normal_low"]
+        outside = nums["value"] < nums["normal_low"]
         if st.trend_active is not None:
             record = st.alerts.get(st.trend_active)
-            if below:
+            if outside:
                 return []
             st.trend_active = None
+            st.trend_days_below = 0
             return [] if record is None else self._resolve(st, record, t, "back in normal range")
-        if not below:
+        # Below the range, and by more than day-to-day scatter explains for a mean of
+        # that many days, on trend_days_below days in a row.
+        below = outside and nums["z_mean"] <= -cfg.trend_z
+        st.trend_days_below = st.trend_days_below + 1 if below else 0
+        if st.trend_days_below < cfg.trend_days_below:
             return []
         explanation: dict[str, float | str | None] = {
             "message": (
@@ -784,7 +827,7 @@ def _trend_numbers(st: PatientState, day: int, cfg: AlertConfig) -> dict[str, fl
         return None
     value = sum(recent) / len(recent)
     m, sd = mean_sd(normal)
-    sd = max(sd, 1e-9)
+    sd = max(sd, cfg.trend_sd_floor)
     low, high = m - cfg.trend_sd_factor * sd, m + cfg.trend_sd_factor * sd
     return {
         "value": value,
@@ -792,6 +835,7 @@ def _trend_numbers(st: PatientState, day: int, cfg: AlertConfig) -> dict[str, fl
         "normal_low": low,
         "normal_high": high,
         "deviation": (value - m) / sd,
+        "z_mean": (value - m) / (sd / math.sqrt(len(recent))),
         "deviation_pct": 100.0 * (math.exp(value - m) - 1.0),
         "days_recent": float(len(recent)),
         "days_normal": float(len(normal)),
@@ -800,11 +844,10 @@ def _trend_numbers(st: PatientState, day: int, cfg: AlertConfig) -> dict[str, fl
 
 def _rising(points: deque[tuple[float, float]], span_s: float, bpm_per_min: float) -> bool:
     """HR rising steadily over the whole span: each quarter's mean above the last by
-    ``bpm_per_min`` for a quarter's time.
+    ``bpm_per_min`` for a quarter's time, in steps of similar size.
 
-    A step change of HR (stress) ramps the window means for one window length and then
-    levels off, so it does not pass for a span longer than the window; exercise whose
-    HR keeps climbing does.
+    Stress raises HR in a ramp of a minute or two and then levels off; exercise that
+    builds up keeps climbing.
     """
     if len(points) < 8 or points[-1][0] - points[0][0] < 0.95 * span_s:
         return False
@@ -819,8 +862,10 @@ def _rising(points: deque[tuple[float, float]], span_s: float, bpm_per_min: floa
     if min(counts) == 0:
         return False
     means = [s / c for s, c in zip(sums, counts, strict=True)]
-    need = bpm_per_min * quarter / 60.0
-    return all(b - a >= need for a, b in itertools.pairwise(means))
+    steps = [b - a for a, b in itertools.pairwise(means)]
+    # Steady: every quarter up by the rate, and no step less than half the largest (a
+    # step change of HR, such as stress, rises in one or two quarters, then levels off).
+    return min(steps) >= bpm_per_min * quarter / 60.0 and min(steps) >= 0.5 * max(steps)
 
 
 def _local(t: float, cfg: AlertConfig) -> datetime:
@@ -904,6 +949,52 @@ def _acute_explanation(
     return out
 
 
+def recent_hr_bpm(
+    beat_t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    ends_s: npt.ArrayLike,
+    span_s: float = RECENT_HR_S,
+) -> npt.NDArray[np.float64]:
+    """Mean HR (60000 / mean RR) of the beats in ``(end - span_s, end]`` for each end.
+
+    NaN where there is no beat in the span. Vectorised (cumulative sums).
+    """
+    t = np.asarray(beat_t_s, dtype=np.float64)
+    rr = np.asarray(rr_ms, dtype=np.float64)
+    ends = np.asarray(ends_s, dtype=np.float64)
+    csum = np.concatenate(([0.0], np.cumsum(rr)))
+    hi = np.searchsorted(t, ends, side="right")
+    lo = np.searchsorted(t, ends - span_s, side="right")
+    n = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_rr = (csum[hi] - csum[lo]) / n
+        return np.where(n > 0, 60000.0 / mean_rr, np.nan)
+
+
+def windows_from_analysis(
+    patient: str,
+    session: str,
+    origin_unix_s: float,
+    window_s: float,
+    columns: Mapping[str, npt.NDArray[Any]],
+    beat_t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+) -> list[Window]:
+    """The engine's windows for the rows of :func:`hrvstream.hrv.engine.analyze`, with the
+    recent HR from the beats (times in seconds on the same clock as the rows' ``t_s``)."""
+    t_s = np.asarray(columns["t_s"], dtype=np.float64)
+    recent = recent_hr_bpm(beat_t_s, rr_ms, t_s)
+    names = list(columns)
+    arrays = [np.asarray(columns[k], dtype=np.float64) for k in names]
+    out = []
+    for i in range(len(t_s)):
+        row = {k: float(a[i]) for k, a in zip(names, arrays, strict=True)}
+        out.append(
+            Window.from_row(patient, session, origin_unix_s, window_s, row, float(recent[i]))
+        )
+    return out
+
+
 def with_config(engine: AlertEngine, config: AlertConfigSet) -> AlertEngine:
     """A new engine with other settings and the same state (for a configuration reload)."""
     new = AlertEngine(config)
@@ -927,5 +1018,7 @@ __all__ = [
     "Window",
     "alert_id",
     "judge_quality",
+    "recent_hr_bpm",
     "stress_score",
+    "windows_from_analysis",
 ]
