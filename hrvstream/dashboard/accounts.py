@@ -555,12 +555,13 @@ class Accounts:
         log.info("%s signed in", name)
         return Session(token, csrf_token, name, user.role, now, expires)
 
-    def session(self, token: str) -> Session | None:
+    def session(self, token: str, *, touch: bool = True) -> Session | None:
         """The live session of ``token``, its expiry slid forward; ``None`` if none.
 
         ``None`` for an unknown token, an expired session (idle too long, or older than
         ``max_age_s``) and a removed user. Each call moves the expiry to
-        ``min(now + idle_timeout_s, created + max_age_s)``.
+        ``min(now + idle_timeout_s, created + max_age_s)``, unless ``touch`` is false
+        (a check that is not the user's activity, such as an open live page's).
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             return None
@@ -573,7 +574,9 @@ class Accounts:
         if now >= stored.expires_unix_s or now >= expires or stored.role not in ROLES:
             self._db.delete_session(key)
             return None
-        if expires != stored.expires_unix_s:
+        if not touch:
+            expires = stored.expires_unix_s
+        elif expires != stored.expires_unix_s:
             self._db.set_session_expiry(key, expires)
         return Session(
             token,

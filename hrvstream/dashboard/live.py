@@ -354,7 +354,7 @@ class LiveHub:
                             await client.wake.wait()
                 if client.closing is None and loop.time() - last_check >= self.session_check_s:
                     last_check = loop.time()
-                    if self.accounts.session(client.token) is None:
+                    if self.accounts.session(client.token, touch=False) is None:
                         client.closing = (CLOSE_SESSION_ENDED, "session ended")
                 if client.closing is not None:
                     code, reason = client.closing

@@ -370,6 +370,21 @@ def test_idle_expiry_and_sliding_extension(accounts: Accounts, clock: FakeClock)
     assert accounts.session(session.token) is None
 
 
+def test_a_check_without_touch_does_not_keep_a_session_alive(
+    accounts: Accounts, clock: FakeClock
+) -> None:
+    """An open live page checks its session without it counting as the user's activity."""
+    accounts.add_user("alice", PASSWORD)
+    session = accounts.login("alice", PASSWORD)
+    assert session is not None
+    for _ in range(3):
+        clock.advance(IDLE_S / 4)
+        seen = accounts.session(session.token, touch=False)
+        assert seen is not None and seen.expires_unix_s == T0 + IDLE_S
+    clock.advance(IDLE_S / 4)
+    assert accounts.session(session.token, touch=False) is None
+
+
 def test_session_just_before_idle_timeout(accounts: Accounts, clock: FakeClock) -> None:
     accounts.add_user("alice", PASSWORD)
     session = accounts.login("alice", PASSWORD)
