@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from hrvstream import __version__
+from hrvstream.alerts_cli import add_alerts_parser, run_alerts
 from hrvstream.dashboard.users_cli import add_users_parser, run_users
 from hrvstream.errors import ConfigError, HrvStreamError
 
@@ -249,6 +250,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--missed-rate", type=float, default=0.0, help="missed beats per beat")
     s.add_argument("--extra-rate", type=float, default=0.0, help="extra beats per beat")
     s.add_argument("-o", "--output", default="-", help="output file, '-' for stdout (default)")
+    add_alerts_parser(sub)
     add_users_parser(sub)
     return parser
 
@@ -598,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": _cmd_agent,
         "demo": _cmd_demo,
         "users": run_users,
+        "alerts": run_alerts,
         "analyze": _cmd_analyze,
         "record": _cmd_record,
         "replay": _cmd_replay,

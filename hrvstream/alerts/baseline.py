@@ -123,6 +123,7 @@ class SamplePool:
         self.keep_s = keep_s
         self.spacing_s = spacing_s
         self.samples: deque[Sample] = deque()
+        self._cached: tuple[str, int, float, Baseline | None] | None = None
 
     def due(self, t_unix_s: float) -> bool:
         """Whether a window ending at ``t_unix_s`` is independent of the last sample."""
@@ -146,8 +147,13 @@ class SamplePool:
         return len(self.samples)
 
     def baseline(self, source: str) -> Baseline | None:
-        """The baseline of the pool."""
-        return build_baseline(list(self.samples), source)
+        """The baseline of the pool (computed again only when the pool changed)."""
+        key = (source, len(self.samples), self.samples[-1].t_unix_s if self.samples else 0.0)
+        if self._cached is not None and self._cached[:3] == key:
+            return self._cached[3]
+        result = build_baseline(list(self.samples), source)
+        self._cached = (*key, result)
+        return result
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, get_args
 from zoneinfo import ZoneInfo
 
-from hrvstream.alerts.baseline import Baseline, Sample, build_baseline, median
+from hrvstream.alerts.baseline import Baseline, Sample, build_baseline
 from hrvstream.alerts.config import AlertConfig, AlertConfigSet
 from hrvstream.alerts.engine import (
     AlertEngine,
@@ -48,7 +48,6 @@ from hrvstream.alerts.engine import (
     windows_from_analysis,
 )
 from hrvstream.errors import ConfigError
-from hrvstream.hrv.engine import AnalysisConfig, analyze
 from hrvstream.protocol.messages import AlertMessage
 from hrvstream.recordings.model import RRSeries
 
@@ -58,6 +57,7 @@ __all__ = [
     "DEFAULT_START",
     "DEFAULT_STEP_S",
     "DEFAULT_WINDOW_S",
+    "INPUT_SESSION",
     "MIN_GAP_S",
     "STATES",
     "OfflineResult",
@@ -287,6 +287,8 @@ def recording_windows(
         takes from the beats messages. Early, partly covered windows are included: the
         engine's quality gate judges them.
     """
+    from hrvstream.hrv.engine import AnalysisConfig, analyze  # numba: only when needed
+
     table = analyze(series, AnalysisConfig(window_s=window_s, step_s=step_s)).windows
     return windows_from_analysis(
         patient, session, origin_unix_s, window_s, table.columns, series.t_s, series.rr_ms
@@ -432,7 +434,8 @@ class OfflineResult:
         One dict per alert raised during the input (see :func:`alert_record`), in order.
     summary:
         Counts: windows, windows and hours by assessment state, why windows were not
-        judged, the baseline at the start of the input, alerts and alerts per 24 h, and
+        judged, the long-term baseline at the start of the input (its windows, and the
+        median and robust SD of each metric: ``baseline``), alerts and alerts per 24 h, and
         where every recording was placed (JSON-able).
     placements:
         Where the baseline recordings and the input were placed (input last).
@@ -587,10 +590,15 @@ def _summary(
     by_state = Counter(states)
     hours = series.duration_s / 3600.0
     base: dict[str, Any] | None = None
-    if pool:
+    b = build_baseline([Sample.from_list(v) for v in pool], "long_term") if pool else None
+    if b is not None:
         base = {
-            "rmssd_ms": math.exp(median([float(s[1]) for s in pool if s[1] is not None])),
-            "hr_bpm": median([float(s[2]) for s in pool if s[2] is not None]),
+            "rmssd_ms": math.exp(b.ln_rmssd.centre),
+            "ln_rmssd_sd": b.ln_rmssd.spread,
+            "hr_bpm": b.hr_bpm.centre,
+            "hr_sd_bpm": b.hr_bpm.spread,
+            "lf_hf": None if b.ln_lf_hf is None else math.exp(b.ln_lf_hf.centre),
+            "ln_lf_hf_sd": None if b.ln_lf_hf is None else b.ln_lf_hf.spread,
         }
     return {
         "input": series.source,
@@ -609,7 +617,7 @@ def _summary(
         "baseline_recordings": [p.to_json(zone) for p in placements[:-1]],
         "baseline_windows": len(pool),
         "baseline_source": "long_term" if long_term else "session",
-        "baseline_medians": base,
+        "baseline": base,
         "alerts": len(alerts),
         "alerts_by_rule": dict(Counter(str(a["rule"]) for a in alerts)),
         "alerts_notified": sum(1 for a in alerts if a["notify"]),
