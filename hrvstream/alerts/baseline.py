@@ -29,17 +29,31 @@ class Sample:
     ln_rmssd: float
     hr_bpm: float
     ln_lf_hf: float | None
+    local_h: float | None = None  # hour of the patient's local day, 0 <= h < 24
 
     def to_list(self) -> list[float | None]:
         """Compact JSON form."""
-        return [self.t_unix_s, self.ln_rmssd, self.hr_bpm, self.ln_lf_hf]
+        return [self.t_unix_s, self.ln_rmssd, self.hr_bpm, self.ln_lf_hf, self.local_h]
 
     @classmethod
     def from_list(cls, v: Sequence[float | None]) -> Sample:
         """From :meth:`to_list`."""
-        t, a, b, c = v
+        t, a, b, c = v[:4]
+        h = v[4] if len(v) > 4 else None
         assert t is not None and a is not None and b is not None
-        return cls(float(t), float(a), float(b), None if c is None else float(c))
+        return cls(
+            float(t),
+            float(a),
+            float(b),
+            None if c is None else float(c),
+            None if h is None else float(h),
+        )
+
+
+def hours_apart(a: float, b: float) -> float:
+    """Distance between two hours of the day, across midnight (0..12)."""
+    d = abs(a - b) % 24.0
+    return min(d, 24.0 - d)
 
 
 def median(values: Sequence[float]) -> float:
@@ -85,6 +99,9 @@ class Baseline:
     source:
         ``"long_term"`` (rolling days) or ``"session"`` (the current session's quiet
         windows).
+    around_h:
+        The hour of the day whose samples (within ``baseline_hours``) it was built from,
+        or ``None`` for all of them.
     """
 
     ln_rmssd: Stat
@@ -93,9 +110,12 @@ class Baseline:
     n_windows: int
     days: float
     source: str
+    around_h: float | None = None
 
 
-def build_baseline(samples: Sequence[Sample], source: str) -> Baseline | None:
+def build_baseline(
+    samples: Sequence[Sample], source: str, around_h: float | None = None
+) -> Baseline | None:
     """The baseline of ``samples`` (``None`` for none)."""
     if not samples:
         return None
@@ -113,6 +133,7 @@ def build_baseline(samples: Sequence[Sample], source: str) -> Baseline | None:
         n_windows=len(samples),
         days=span,
         source=source,
+        around_h=around_h,
     )
 
 
@@ -123,7 +144,7 @@ class SamplePool:
         self.keep_s = keep_s
         self.spacing_s = spacing_s
         self.samples: deque[Sample] = deque()
-        self._cached: tuple[str, int, float, Baseline | None] | None = None
+        self._cached: tuple[str, int, float, float, Baseline | None] | None = None
 
     def due(self, t_unix_s: float) -> bool:
         """Whether a window ending at ``t_unix_s`` is independent of the last sample."""
@@ -146,12 +167,36 @@ class SamplePool:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def baseline(self, source: str) -> Baseline | None:
-        """The baseline of the pool (computed again only when the pool changed)."""
-        key = (source, len(self.samples), self.samples[-1].t_unix_s if self.samples else 0.0)
-        if self._cached is not None and self._cached[:3] == key:
-            return self._cached[3]
-        result = build_baseline(list(self.samples), source)
+    def baseline(
+        self, source: str, *, hour: float | None = None, hours: float = 0.0, min_n: int = 1
+    ) -> Baseline | None:
+        """The baseline of the pool (computed again only when the pool changed).
+
+        With ``hour`` and ``hours`` > 0: of the samples taken within ``hours`` of that
+        hour of the day when there are at least ``min_n`` of them (HRV and HR follow the
+        day: a baseline of the same time of day is tighter), else of the whole pool.
+        """
+        bucket = -1.0 if hour is None or hours <= 0 else round(hour * 4) / 4
+        key = (
+            source,
+            len(self.samples),
+            self.samples[-1].t_unix_s if self.samples else 0.0,
+            bucket,
+        )
+        if self._cached is not None and self._cached[:4] == key:
+            return self._cached[4]
+        samples = list(self.samples)
+        result = None
+        if bucket >= 0:
+            near = [
+                s
+                for s in samples
+                if s.local_h is not None and hours_apart(s.local_h, bucket) <= hours
+            ]
+            if len(near) >= min_n:
+                result = build_baseline(near, source, around_h=bucket)
+        if result is None:
+            result = build_baseline(samples, source)
         self._cached = (*key, result)
         return result
 

@@ -75,6 +75,11 @@ class AlertConfig:
         The long-term baseline pools clean resting windows of this many days.
     baseline_min_windows:
         Windows it needs before it is used (independent windows, one per ``window_s``).
+    baseline_hours:
+        Time-of-day matching: the long-term baseline uses the samples taken within this
+        many hours of the current hour of the day, when there are ``baseline_min_windows``
+        of them (HR and HRV follow the day, and a whole-day baseline mixes sleep with
+        waking); else the whole pool. 0 turns matching off.
     session_min_windows:
         Without a long-term baseline, the current session's quiet windows form a
         short-term baseline once there are this many.
@@ -139,6 +144,7 @@ class AlertConfig:
     activity_hold_s: float = 600.0
     baseline_days: float = 14.0
     baseline_min_windows: int = 24
+    baseline_hours: float = 3.0
     session_min_windows: int = 6
     sd_floor_ln_rmssd: float = 0.08
     sd_floor_hr_bpm: float = 2.0
@@ -184,7 +190,7 @@ class AlertConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"[alerts] {name} must be a number > 0, got {v!r}")
-        for name in ("activity_hold_s", "cooldown_s", "activity_hr_delta_bpm"):
+        for name in ("activity_hold_s", "cooldown_s", "activity_hr_delta_bpm", "baseline_hours"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"[alerts] {name} must be a number >= 0, got {v!r}")

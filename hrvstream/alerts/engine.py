@@ -298,6 +298,7 @@ class Assessment:
                 "n_windows": b.n_windows,
                 "days": b.days,
                 "source": b.source,
+                "around_h": b.around_h,
             }
         s = self.score
         return {
@@ -458,7 +459,9 @@ class AlertEngine:
     def baseline(self, patient: str) -> Baseline | None:
         """The baseline in use for ``patient`` now (long-term, else session, else none)."""
         st = self._patients.get(patient)
-        return None if st is None else self._baseline(st, self.config.for_patient(patient))
+        if st is None:
+            return None
+        return self._baseline(st, self.config.for_patient(patient), st.last_t)
 
     def open_alerts(self, patient: str | None = None) -> list[AlertMessage]:
         """Alerts not both resolved and acknowledged, latest state, newest first."""
@@ -553,7 +556,7 @@ class AlertEngine:
             st.acute.clear_since = None
         events += self._new_day(st, w, cfg)
 
-        baseline = self._baseline(st, cfg)
+        baseline = self._baseline(st, cfg, w.t_unix_s)
         quality = judge_quality(w, cfg)
         if quality != "ok":
             st.acute.pending_since = None  # a gap in good data restarts the count
@@ -583,6 +586,7 @@ class AlertEngine:
             math.log(w.rmssd_ms),
             w.mean_hr_bpm,
             math.log(w.lf_hf) if w.lf_hf is not None and w.lf_hf > 0 else None,
+            _local_hour(w.t_unix_s, cfg),
         )
         self._add_day_sample(st, sample, cfg)
         quiet = (score is None or score.score < cfg.raise_score) and st.acute.active is None
@@ -628,9 +632,14 @@ class AlertEngine:
 
     # -- parts --------------------------------------------------------------------------
 
-    def _baseline(self, st: PatientState, cfg: AlertConfig) -> Baseline | None:
+    def _baseline(
+        self, st: PatientState, cfg: AlertConfig, t_unix_s: float | None = None
+    ) -> Baseline | None:
         if len(st.pool) >= cfg.baseline_min_windows:
-            return st.pool.baseline("long_term")
+            hour = None if t_unix_s is None else _local_hour(t_unix_s, cfg)
+            return st.pool.baseline(
+                "long_term", hour=hour, hours=cfg.baseline_hours, min_n=cfg.baseline_min_windows
+            )
         if st.session_pool is not None and len(st.session_pool) >= cfg.session_min_windows:
             return st.session_pool.baseline("session")
         return None
@@ -876,11 +885,15 @@ def _local_day(t: float, cfg: AlertConfig) -> int:
     return _local(t, cfg).date().toordinal()
 
 
+def _local_hour(t: float, cfg: AlertConfig) -> float:
+    local = _local(t, cfg)
+    return local.hour + local.minute / 60 + local.second / 3600
+
+
 def _in_quiet_hours(t: float, cfg: AlertConfig) -> bool:
     if cfg.quiet_hours is None:
         return False
-    local = _local(t, cfg)
-    h = local.hour + local.minute / 60 + local.second / 3600
+    h = _local_hour(t, cfg)
     start, end = cfg.quiet_hours
     return start <= h < end if start <= end else (h >= start or h < end)
 
@@ -942,6 +955,7 @@ def _acute_explanation(
         "coverage": w.coverage,
         "artifact_pct": w.artifact_pct,
         "baseline_source": b.source,
+        "baseline_around_h": b.around_h,
         "baseline_windows": float(b.n_windows),
         "baseline_days": b.days,
         "raise_score": cfg.raise_score,
