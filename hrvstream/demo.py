@@ -232,7 +232,15 @@ async def run_demo(
     url = f"mqtt://127.0.0.1:{port}"
     patients = demo_patients(duration_s)
     latest = _Latest()
-    alerts = AlertService()  # in memory: each demo starts from its seeded history
+    started = time.time()
+
+    def demo_clock() -> float:
+        """The demo's time: the straps' sessions run ``speed`` times faster than the wall."""
+        return started + (time.time() - started) * speed
+
+    # In memory: each demo starts from its seeded history. Acknowledgements are dated on
+    # the demo's clock, like the beats and windows.
+    alerts = AlertService(clock=demo_clock)
     alerts.seed(seed_history(patients, time.time()))
     password = password or secrets.token_urlsafe(9)
     accounts = (

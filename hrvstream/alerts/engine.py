@@ -526,6 +526,8 @@ class AlertEngine:
             raise AlertActionError(
                 f"alert {alert} was already acknowledged by {record.acknowledged_by}"
             )
+        # Never before the alert itself (the data's clock may run ahead of the server's).
+        t_unix_s = max(t_unix_s, record.raised_unix_s)
         record.acknowledged_by = by
         record.acknowledged_unix_s = t_unix_s
         record.note = note

@@ -243,8 +243,9 @@ def group_alerts(
     -------
     list of dict
         One per alert: ``alert_id``, ``patient``, ``rule``, ``severity`` (the highest
-        seen), ``raised_unix_s`` (first event), ``last_unix_s``, ``state`` (latest
-        event's), ``explanation`` (of the first event that has one, else the latest),
+        seen), ``raised_unix_s`` (the ``raised`` event's, else the first),
+        ``last_unix_s``, ``state`` (latest event's), ``explanation`` (of the first event
+        that has one, else the latest),
         ``acknowledged`` (``None`` or ``{"by", "note", "t_unix_s"}``),
         ``resolved_unix_s`` (``None`` if not resolved), ``open`` and ``events`` (every
         event, oldest first, as :func:`alert_row_json`).
@@ -255,7 +256,9 @@ def group_alerts(
     open_set = None if open_ids is None else set(open_ids)
     out: list[dict[str, Any]] = []
     for alert_id, events in by_id.items():
-        events.sort(key=lambda r: r.t_unix_s)
+        # Raised first, then the rest by time: an acknowledgement is dated by the server's
+        # clock and the other events by the data's, which may run ahead of it.
+        events.sort(key=lambda r: (r.state != "raised", r.t_unix_s))
         shaped = [alert_row_json(e) for e in events]
         first, last = shaped[0], shaped[-1]
         explanation: dict[str, Any] = next(
