@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -220,6 +221,11 @@ def _build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--duration", default="2h", help="length of the simulated sessions")
     dm.add_argument("--dir", default="hrvstream-demo", help="where the store and spools go")
     dm.add_argument("--http-port", type=int, default=8080, help="server HTTP port (0: any)")
+    dm.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="do not open the dashboard in a web browser (it opens when there is a display)",
+    )
 
     s = sub.add_parser(
         "simulate",
@@ -395,18 +401,38 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return main_clinic(args)
 
 
+def _has_display() -> bool:
+    """Whether a web browser could show a window here (not in CI, not over plain SSH)."""
+    if os.environ.get("CI", "").lower() == "true":
+        return False
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hrvstream.agent import install_stop_signals
-    from hrvstream.demo import run_demo
+    from hrvstream.demo import SignIn, run_demo
 
     speed = parse_speed(args.speed) or 1000.0
     duration = parse_duration(args.duration, what="--duration")
+
+    def opened(sign_in: SignIn) -> None:
+        if not args.no_browser and _has_display():
+            import webbrowser
+
+            webbrowser.open(sign_in.url)
 
     async def run() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
         await run_demo(
-            Path(args.dir), speed=speed, duration_s=duration, http_port=args.http_port, stop=stop
+            Path(args.dir),
+            speed=speed,
+            duration_s=duration,
+            http_port=args.http_port,
+            stop=stop,
+            on_ready=opened,
         )
 
     asyncio.run(run())
