@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from hrvstream.clinic import load_clinic_settings
 from hrvstream.errors import ConfigError
+from tests import waiting
+from tests.e2e_helpers import free_http_port, server_config, server_process
+from tests.infra import MosquittoFactory, hrv_config, mosquitto_factory
+
+__all__ = ["mosquitto_factory"]  # a fixture, used by name
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER = '[broker]\nurl = "mqtt://server@127.0.0.1:1883"\n'
@@ -74,3 +83,67 @@ def test_dashboard_on_by_environment(tmp_path: Path) -> None:
     assert s.dashboard_accounts == tmp_path / "acc.db" and s.cookie_secure is False
     off = load_clinic_settings(path, {**env, "HRVSTREAM_DASHBOARD_ENABLED": "false"})
     assert off.dashboard_accounts is None
+
+
+def test_hrvstream_server_serves_the_dashboard_with_its_accounts(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    """The real command: TLS to mosquitto, SQLite, alert state file, dashboard sign-in."""
+    broker = mosquitto_factory(hrv_config(tls=True))
+    accounts = tmp_path / "accounts.db"
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hrvstream.cli",
+            "users",
+            "add",
+            "anna",
+            "--accounts",
+            str(accounts),
+            "--password-stdin",
+        ],
+        check=False,
+        input="a long enough password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    port = free_http_port()
+    cfg = server_config(
+        tmp_path / "server.toml",
+        broker,
+        store={"kind": "sqlite", "path": str(tmp_path / "hrv.db")},
+        http_port=port,
+    )
+    with cfg.open("a") as fh:
+        fh.write(f'\n[alerts]\nstate_path = "{tmp_path / "alert-state.db"}"\n')
+        fh.write(f'\n[dashboard]\naccounts = "{accounts}"\n')
+
+    async def body() -> None:
+        async with (
+            server_process(cfg, port),
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+        ):
+            base = f"http://127.0.0.1:{port}"
+            async with http.get(f"{base}/api/me") as r:
+                assert r.status == 401
+            async with http.get(f"{base}/login") as r:
+                assert r.status == 200
+                page = await r.text()
+                assert "Content-Security-Policy" in r.headers
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            assert token is not None, page
+            form = {
+                "username": "anna",
+                "password": "a long enough password",
+                "csrf_token": token.group(1),
+            }
+            async with http.post(f"{base}/login", data=form, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+            async with http.get(f"{base}/api/me") as r:
+                assert r.status == 200 and (await r.json())["username"] == "anna"
+        assert (tmp_path / "alert-state.db").exists()
+
+    waiting.run(body, 120)
