@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from hrvstream.alerts import AlertConfigSet
 from hrvstream.config import load_toml
 from hrvstream.errors import ConfigError
 from hrvstream.protocol.messages import AlertMessage, StatusMessage
-from hrvstream.server import Server, ServerSettings, load_server_settings
+from hrvstream.server import Server, ServerSettings, load_server_settings, run_until_signalled
 from hrvstream.store import Store
 
 if TYPE_CHECKING:
@@ -212,28 +210,9 @@ async def serve_clinic(settings: ClinicSettings, *, stop: asyncio.Event | None =
         )
     )
     server = build_clinic(settings.server, alerts, dashboard=dash)
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
-            log.warning("%s again: giving up the clean shutdown", sig.name)
-            if task is not None:
-                task.cancel()
-            return
-        log.info("%s: shutting down", sig.name)
-        stop.set()
-
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal, sig)
-            installed.append(sig)
     try:
-        await server.run(stop)
+        await run_until_signalled(server, stop)
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         alerts.close()
     return server
 

@@ -1434,6 +1434,40 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 # == entry points ========================================================================
 
 
+async def run_until_signalled(server: Server, stop: asyncio.Event) -> None:
+    """Run ``server`` until SIGTERM/SIGINT (or ``stop``); a second signal cancels the
+    clean shutdown (it stores what it received, acknowledges it, disconnects and closes
+    the store, within ``shutdown_timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: giving up the clean shutdown", sig.name)
+            if task is not None:
+                task.cancel()
+            return
+        log.info("%s: shutting down", sig.name)
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    run = asyncio.create_task(server.run(stop), name="hrvstream-server")
+    try:
+        await asyncio.shield(run)
+    except asyncio.CancelledError:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 async def serve(
     settings: ServerSettings,
     *,
@@ -1452,39 +1486,10 @@ async def serve(
     Server
         The stopped server (its ``stats``).
     """
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     server = Server(
         settings, metrics_listener=metrics_listener, alert_ack_listener=alert_ack_listener
     )
-    task = asyncio.current_task()
-    signals = (signal.SIGTERM, signal.SIGINT)
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
-            log.warning("%s again: giving up the clean shutdown", sig.name)
-            if task is not None:
-                task.cancel()
-            return
-        log.info("%s: shutting down", sig.name)
-        stop.set()
-
-    installed: list[signal.Signals] = []
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal, sig)
-            installed.append(sig)
-    run = asyncio.create_task(server.run(stop), name="hrvstream-server")
-    try:
-        await asyncio.shield(run)
-    except asyncio.CancelledError:
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-        raise
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    await run_until_signalled(server, stop or asyncio.Event())
     return server
 
 
