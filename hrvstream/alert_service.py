@@ -12,6 +12,12 @@ dashboard (:meth:`AlertService.acknowledge`); both become an ``acknowledged`` st
 stored and published the same way. An alert that could be stored but not published (the
 broker is away) is published again later, in order.
 
+Therapists change a few alert settings of their patients on the dashboard
+(:meth:`AlertService.set_alert_settings`): the change is checked, saved with an audit row
+in the state file, and applies to the running engine from the patient's next window. The
+settings that apply to a patient are the server's file's (``[alerts]``, then
+``[alerts.patients.<code>]``) with the therapist's overrides on top.
+
 Sharding: the engine keeps per-patient state in this process, so with several servers in
 a shared subscription group each patient's windows must reach one server (see
 deploy/SCALING.md).
@@ -28,6 +34,7 @@ from pathlib import Path
 
 from hrvstream.adapters.alert_state import AlertStateError, AlertStateFile
 from hrvstream.alerts import AlertActionError, AlertConfigSet, AlertEngine, Window
+from hrvstream.alerts.config import AlertSettingsError, therapist_config, therapist_values
 from hrvstream.alerts.engine import RECENT_HR_S
 from hrvstream.errors import HrvStreamError
 from hrvstream.protocol.messages import (
@@ -66,10 +73,15 @@ class AlertService:
         state_path: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.engine = AlertEngine(config)
+        self._config = config or AlertConfigSet()
+        self.engine = AlertEngine(self._config)
         self._clock = clock
         self._state = None if state_path is None else AlertStateFile(state_path)
+        #: Therapists' settings by patient: (overrides, updated_unix_s, updated_by).
+        self._settings: dict[str, tuple[dict[str, object], float, str]] = {}
         if self._state is not None:
+            for patient, saved in self._state.load_settings().items():
+                self._apply_saved(patient, *saved)
             for data in self._state.load_all():
                 try:
                     self.engine.import_state(data)
@@ -187,6 +199,81 @@ class AlertService:
     def open_alerts(self, patient: str | None = None) -> list[AlertMessage]:
         """Alerts not both resolved and acknowledged, newest first."""
         return self.engine.open_alerts(patient)
+
+    # -- therapists' alert settings ---------------------------------------------------------
+
+    def alert_settings(self, patient: str) -> dict[str, object]:
+        """The therapist-editable alert settings in force for ``patient``.
+
+        Returns
+        -------
+        dict
+            ``settings``: ``{key: value}`` for every key of
+            :data:`~hrvstream.alerts.config.THERAPIST_KEYS` (``quiet_hours`` as
+            ``"HH:MM-HH:MM"`` or ``"off"``); ``updated_by`` and ``updated_unix_s``: who
+            last changed them on the dashboard and when (both ``None`` if nobody has).
+        """
+        saved = self._settings.get(patient)
+        return {
+            "settings": therapist_values(self.engine.config.for_patient(patient)),
+            "updated_by": None if saved is None else saved[2],
+            "updated_unix_s": None if saved is None else saved[1],
+        }
+
+    async def set_alert_settings(
+        self, patient: str, values: Mapping[str, object], by: str
+    ) -> dict[str, object]:
+        """Change some of ``patient``'s alert settings (a therapist's, on the dashboard).
+
+        The change is saved (with a row in the audit table) before it applies, and it
+        applies from the patient's next window; baselines, timers and open alerts carry
+        on. A value of ``None`` goes back to the server's setting.
+
+        Returns
+        -------
+        dict
+            The settings now in force, as :meth:`alert_settings`.
+
+        Raises
+        ------
+        AlertSettingsError
+            Nothing given, a key a therapist may not change, a bad value, or settings
+            that do not fit together; nothing is changed.
+        AlertStateError
+            The state file could not be written; nothing is changed.
+        """
+        if not values:
+            raise AlertSettingsError("no settings given")
+        async with self._lock:
+            base = self._config.for_patient(patient)
+            saved = self._settings.get(patient)
+            cfg, overrides = therapist_config(base, {} if saved is None else saved[0], values)
+            now = self._clock()
+            if self._state is not None:
+                self._state.save_settings(patient, overrides, by, now)
+            self.engine.set_patient_config(patient, cfg)
+            self._settings[patient] = (overrides, now, by)
+        log.info("alert settings of a patient changed by %s", by)
+        log.debug("alert settings of %s changed by %s: %s", patient, by, overrides)
+        return self.alert_settings(patient)
+
+    def _apply_saved(
+        self, patient: str, overrides: dict[str, object], t_unix_s: float, by: str
+    ) -> None:
+        """Apply settings saved by a therapist (at start); refused ones are left out."""
+        try:
+            cfg, kept = therapist_config(self._config.for_patient(patient), overrides)
+        except AlertSettingsError as exc:
+            # The server's file changed since (e.g. a clear_score now above them).
+            log.warning(
+                "alert settings saved by %s no longer fit the server's settings; the "
+                "server's settings apply to that patient until they are changed again",
+                by,
+            )
+            log.debug("refused alert settings of %s (%s): %s", patient, exc, overrides)
+            return
+        self.engine.set_patient_config(patient, cfg)
+        self._settings[patient] = (kept, t_unix_s, by)
 
     # -- internals --------------------------------------------------------------------------
 

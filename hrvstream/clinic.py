@@ -152,6 +152,16 @@ class ClinicSource:
         """Acknowledge through the alert service (stored and published)."""
         return await self._alerts.acknowledge(patient, alert_id, by, note)
 
+    def alert_settings(self, patient: str) -> Mapping[str, object]:
+        """The patient's therapist-editable alert settings in force."""
+        return self._alerts.alert_settings(patient)
+
+    async def set_alert_settings(
+        self, patient: str, values: Mapping[str, object], by: str
+    ) -> Mapping[str, object]:
+        """Change them through the alert service (saved, audited, in force at once)."""
+        return await self._alerts.set_alert_settings(patient, values, by)
+
 
 def dashboard_settings(
     accounts_path: Path, *, cookie_secure: bool = False, idle_timeout_s: float = 1800.0

@@ -10,7 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from hrvstream.adapters.alert_state import AlertStateFile
 from hrvstream.clinic import load_clinic_settings
+from hrvstream.dashboard.accounts import Accounts
 from hrvstream.errors import ConfigError
 from tests import waiting
 from tests.e2e_helpers import free_http_port, server_config, server_process
@@ -20,6 +22,7 @@ __all__ = ["mosquitto_factory"]  # a fixture, used by name
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER = '[broker]\nurl = "mqtt://server@127.0.0.1:1883"\n'
+PATIENT = "p-clinic-01"
 
 
 def test_deploy_example_loads_with_alerts_and_dashboard(tmp_path: Path) -> None:
@@ -88,7 +91,8 @@ def test_dashboard_on_by_environment(tmp_path: Path) -> None:
 def test_hrvstream_server_serves_the_dashboard_with_its_accounts(
     tmp_path: Path, mosquitto_factory: MosquittoFactory
 ) -> None:
-    """The real command: TLS to mosquitto, SQLite, alert state file, dashboard sign-in."""
+    """The real command: TLS to mosquitto, SQLite, alert state file, dashboard sign-in, a
+    patient's alert settings changed on the dashboard (on top of the file's) and saved."""
     broker = mosquitto_factory(hrv_config(tls=True))
     accounts = tmp_path / "accounts.db"
     added = subprocess.run(
@@ -110,6 +114,8 @@ def test_hrvstream_server_serves_the_dashboard_with_its_accounts(
         timeout=60,
     )
     assert added.returncode == 0, added.stderr
+    with Accounts(accounts) as acc:
+        acc.assign("anna", PATIENT)
     port = free_http_port()
     cfg = server_config(
         tmp_path / "server.toml",
@@ -119,6 +125,7 @@ def test_hrvstream_server_serves_the_dashboard_with_its_accounts(
     )
     with cfg.open("a") as fh:
         fh.write(f'\n[alerts]\nstate_path = "{tmp_path / "alert-state.db"}"\n')
+        fh.write(f"\n[alerts.patients.{PATIENT}]\ntrend_enabled = false\n")
         fh.write(f'\n[dashboard]\naccounts = "{accounts}"\n')
 
     async def body() -> None:
@@ -143,7 +150,25 @@ def test_hrvstream_server_serves_the_dashboard_with_its_accounts(
             async with http.post(f"{base}/login", data=form, allow_redirects=False) as r:
                 assert r.status == 303, await r.text()
             async with http.get(f"{base}/api/me") as r:
-                assert r.status == 200 and (await r.json())["username"] == "anna"
-        assert (tmp_path / "alert-state.db").exists()
+                me = await r.json()
+                assert r.status == 200 and me["username"] == "anna"
+            url = f"{base}/api/patients/{PATIENT}/alert-settings"
+            change = {"raise_score": 2.5, "quiet_hours": "off"}
+            headers = {"X-CSRF-Token": me["csrf_token"]}
+            async with http.post(url, json=change, headers=headers) as r:
+                assert r.status == 200, await r.text()
+            async with http.get(url) as r:
+                got = await r.json()
+            assert got["updated_by"] == "anna"
+            settings = got["settings"]
+            assert (settings["raise_score"], settings["quiet_hours"]) == (2.5, "off")
+            assert settings["trend_enabled"] is False  # the file's, for this patient
+        state = AlertStateFile(tmp_path / "alert-state.db")
+        try:
+            [(overrides, _, by)] = state.load_settings().values()
+            assert (overrides, by) == (change, "anna")
+            assert [(by, o) for _, by, o in state.settings_audit(PATIENT)] == [("anna", change)]
+        finally:
+            state.close()
 
     waiting.run(body, 120)

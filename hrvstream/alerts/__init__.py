@@ -3,7 +3,7 @@
 See :mod:`hrvstream.alerts.engine` for how a window is judged.
 """
 
-from hrvstream.alerts.config import AlertConfig, AlertConfigSet
+from hrvstream.alerts.config import AlertConfig, AlertConfigSet, AlertSettingsError
 from hrvstream.alerts.engine import (
     ACUTE,
     TREND,
@@ -23,6 +23,7 @@ __all__ = [
     "AlertConfig",
     "AlertConfigSet",
     "AlertEngine",
+    "AlertSettingsError",
     "Assessment",
     "Outcome",
     "Window",

@@ -14,6 +14,10 @@ An ``alerts.toml`` (or the ``[alerts]`` section of the server's file)::
 
 Every key is a field of :class:`AlertConfig`. Unknown keys are refused (a typo must not
 silently leave a default in place).
+
+Therapists change a few of these for their own patients on the dashboard
+(:data:`THERAPIST_KEYS`); :func:`therapist_config` checks such changes and applies them on
+top of the file's settings for the patient (clinic defaults, then ``[alerts.patients.<code>]``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,25 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hrvstream.errors import ConfigError
+
+#: The settings a therapist may change for a patient on the dashboard, in this order.
+THERAPIST_KEYS: Final[tuple[str, ...]] = (
+    "acute_enabled",
+    "raise_score",
+    "min_duration_s",
+    "clear_score",
+    "cooldown_s",
+    "trend_enabled",
+    "quiet_hours",
+    "timezone",
+)
+#: Longest text accepted for a therapist's ``quiet_hours`` or ``timezone``.
+_MAX_TEXT: Final = 64
+
+
+class AlertSettingsError(ConfigError, ValueError):
+    """A therapist's alert settings for a patient are refused; ``str(exc)`` says why."""
+
 
 _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
@@ -273,6 +296,10 @@ class AlertConfigSet:
         """The settings that apply to ``patient``."""
         return self.patients.get(patient, self.default)
 
+    def with_patient(self, patient: str, config: AlertConfig) -> AlertConfigSet:
+        """A copy in which ``patient``'s settings are ``config`` (the others unchanged)."""
+        return AlertConfigSet(self.default, {**self.patients, patient: config})
+
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any], where: str = "[alerts]") -> AlertConfigSet:
         """From the ``[alerts]`` table of a TOML file (with its ``patients`` sub-tables)."""
@@ -287,3 +314,111 @@ class AlertConfigSet:
                 raise ConfigError(f"{where}.patients.{code}: expected a table")
             patients[str(code)] = default.with_values(overrides, f"[alerts.patients.{code}]")
         return cls(default, patients)
+
+
+# == a therapist's settings for one patient ================================================
+
+
+def format_quiet_hours(hours: tuple[float, float] | None) -> str:
+    """``(22.0, 7.0)`` as ``"22:00-07:00"``; ``None`` as ``"off"`` (the TOML form)."""
+    if hours is None:
+        return "off"
+
+    def hhmm(h: float) -> str:
+        minutes = round(h * 60)
+        return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+    return f"{hhmm(hours[0])}-{hhmm(hours[1])}"
+
+
+def therapist_values(cfg: AlertConfig) -> dict[str, object]:
+    """The therapist-editable settings of ``cfg`` in their TOML form (see THERAPIST_KEYS)."""
+    out: dict[str, object] = {}
+    for key in THERAPIST_KEYS:
+        value = getattr(cfg, key)
+        out[key] = format_quiet_hours(value) if key == "quiet_hours" else value
+    return out
+
+
+def therapist_config(
+    base: AlertConfig,
+    current: Mapping[str, object],
+    changes: Mapping[str, object] | None = None,
+) -> tuple[AlertConfig, dict[str, object]]:
+    """A patient's settings with a therapist's overrides on top of ``base``.
+
+    Parameters
+    ----------
+    base:
+        What the server's file says for the patient (clinic defaults plus its
+        ``[alerts.patients.<code>]`` table).
+    current:
+        The therapist overrides in force (as returned here before).
+    changes:
+        New values by key (TOML form: numbers, ``true``/``false``, ``quiet_hours`` as
+        ``"HH:MM-HH:MM"`` or ``"off"``, ``timezone`` an IANA name); ``None`` as a value
+        goes back to ``base``'s.
+
+    Returns
+    -------
+    (AlertConfig, dict)
+        The settings that apply, and the overrides to keep: those that differ from
+        ``base``, so a value set back to the file's follows later changes of the file.
+
+    Raises
+    ------
+    AlertSettingsError
+        A key a therapist may not change, a value of the wrong type or out of range, or
+        settings that do not fit together (``clear_score`` must stay below
+        ``raise_score``); the message says which.
+    """
+    merged: dict[str, object] = dict(current)
+    for key, value in (changes or {}).items():
+        if key not in THERAPIST_KEYS:
+            raise AlertSettingsError(
+                f"{key!r} cannot be changed here (these can: {', '.join(THERAPIST_KEYS)})"
+            )
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    converted: dict[str, Any] = {}
+    for key, value in merged.items():
+        if key not in THERAPIST_KEYS:
+            raise AlertSettingsError(f"{key!r} is not a setting a therapist can change")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AlertSettingsError(f"{key} must be a finite number, got {value!r}")
+        if isinstance(value, str) and len(value) > _MAX_TEXT:
+            raise AlertSettingsError(f"{key} is longer than {_MAX_TEXT} characters")
+        try:
+            converted[key] = _convert(key, value, "alert setting")
+        except ConfigError as exc:
+            raise AlertSettingsError(str(exc)) from None
+    raise_score = converted.get("raise_score", base.raise_score)
+    clear_score = converted.get("clear_score", base.clear_score)
+    if raise_score > base.critical_score:
+        raise AlertSettingsError(
+            f"raise_score {raise_score:g} is above the clinic's critical score "
+            f"{base.critical_score:g} (to stop acute alerts, turn acute_enabled off)"
+        )
+    if clear_score >= raise_score:
+        raise AlertSettingsError(
+            f"clear_score ({clear_score:g}) must be below raise_score ({raise_score:g}): "
+            "an alert resolves only once the score is clearly below what raised it"
+        )
+    try:
+        cfg = dataclasses.replace(base, **converted)  # runs AlertConfig's own checks
+    except ConfigError as exc:
+        raise AlertSettingsError(_plain(str(exc))) from None
+    shown = therapist_values(cfg)
+    kept = {
+        key: shown[key]
+        for key in THERAPIST_KEYS
+        if key in merged and getattr(cfg, key) != getattr(base, key)
+    }
+    return cfg, kept
+
+
+def _plain(message: str) -> str:
+    """A configuration message without the TOML section it names."""
+    return message.removeprefix("[alerts] ")

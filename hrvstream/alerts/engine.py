@@ -409,6 +409,15 @@ class AlertEngine:
         """Patients the engine holds state for."""
         return sorted(self._patients)
 
+    def set_patient_config(self, patient: str, config: AlertConfig) -> None:
+        """Judge ``patient``'s next windows by ``config``; the patient's state is kept.
+
+        Baselines, timers and open alerts carry on: a higher ``raise_score`` applies
+        from the next window (an alert already open resolves by its clear rule), and the
+        baseline keeps the span it was created with (``baseline_days``).
+        """
+        self.config = self.config.with_patient(patient, config)
+
     def _state(self, patient: str, window_s: float = 300.0) -> PatientState:
         st = self._patients.get(patient)
         if st is None:
@@ -609,7 +618,8 @@ class AlertEngine:
                 None,
             )
             return Outcome(tuple(events), st.assessment, sample_added=added)
-        if cfg.acute_enabled:
+        if cfg.acute_enabled or st.acute.active is not None:
+            # (an alert open when the rule was turned off still resolves by its rule)
             events += self._acute(st, w, cfg, baseline, score)
         elif score.score >= cfg.raise_score:  # no alerts, but the state still shows it
             st.acute.pending_since = st.acute.pending_since or w.t_unix_s

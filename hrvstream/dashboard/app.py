@@ -9,7 +9,8 @@ messages; in short:
 * **Pages** ``/``, ``/patients/{patient}``, ``/admin``, ``/login``: static HTML from
   ``static/`` whose scripts fetch the data; ``POST /login`` and ``POST /logout``.
 * **API** under ``/api/``: the signed-in user, the overview, per-patient metrics, beats
-  and alert history, acknowledging an alert, and (admins) assignments.
+  and alert history, acknowledging an alert, a patient's alert settings, and (admins)
+  assignments.
 * **Live** ``GET /ws``: status, metrics, assessments, alerts and (for a watched patient)
   beats, as they are stored.
 
@@ -57,7 +58,7 @@ from aiohttp import web
 
 from hrvstream.dashboard.accounts import AccountError, Accounts, Session, UnknownUser, User
 from hrvstream.dashboard.live import LiveHub
-from hrvstream.dashboard.source import AlertActionError, DashboardSource
+from hrvstream.dashboard.source import AlertActionError, AlertSettingsError, DashboardSource
 from hrvstream.dashboard.views import (
     CHART_METRICS,
     alert_json,
@@ -68,6 +69,7 @@ from hrvstream.dashboard.views import (
     metrics_series_json,
     status_json,
 )
+from hrvstream.errors import HrvStreamError
 from hrvstream.protocol.messages import MAX_NOTE_CHARS, AlertMessage, is_valid_patient
 from hrvstream.store import METRIC_NAMES, TOKEN_PATTERN, StoreError
 
@@ -431,6 +433,9 @@ class _Dashboard:
         router.add_post(
             "/api/patients/{patient}/alerts/{alert_id}/ack", api(self.api_ack, write=True)
         )
+        settings = "/api/patients/{patient}/alert-settings"
+        router.add_get(settings, api(self.api_alert_settings))
+        router.add_post(settings, api(self.api_set_alert_settings, write=True))
         router.add_get("/api/admin/users", api(self.api_users, admin=True))
         assignment = "/api/admin/users/{username}/patients/{patient}"
         router.add_put(assignment, api(self.api_assign, admin=True, write=True))
@@ -822,6 +827,26 @@ class _Dashboard:
             return _json_error(409, str(exc))
         log.info("alert acknowledged on the dashboard by %s", auth.user.username)
         return _json({"alert": alert_json(alert)})
+
+    # -- API: alert settings ---------------------------------------------------------------
+
+    async def api_alert_settings(self, request: web.Request, auth: _Auth) -> web.StreamResponse:
+        patient = self._patient_or_404(request, auth)
+        return _json({"patient": patient, **self.source.alert_settings(patient)})
+
+    async def api_set_alert_settings(self, request: web.Request, auth: _Auth) -> web.StreamResponse:
+        patient = self._patient_or_404(request, auth)
+        body = await _json_body(request)
+        if not body:
+            raise _BadRequest("no settings given")
+        try:
+            settings = await self.source.set_alert_settings(patient, body, by=auth.user.username)
+        except AlertSettingsError as exc:
+            raise _BadRequest(str(exc)) from exc
+        except HrvStreamError as exc:
+            log.warning("alert settings could not be saved: %s", exc)
+            return _json_error(503, "the settings could not be saved; try again shortly")
+        return _json({"patient": patient, **settings})
 
     # -- API: admin ------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 The dashboard never talks to MQTT or the database directly: :class:`DashboardSource`
 gives it the store (history), the latest status of each patient, the alert engine's
-assessment, and acknowledging an alert. Live updates arrive through
+assessment, acknowledging an alert, and a patient's alert settings. Live updates arrive through
 :class:`LiveObserver`: the server calls :meth:`LiveObserver.observe` with every message
 it has handled (after storing it), so what the browser sees is what the clinic stored.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+from hrvstream.alerts.config import AlertSettingsError as _AlertSettingsError
 from hrvstream.alerts.engine import AlertActionError as _AlertActionError
 from hrvstream.protocol.messages import AlertMessage, Message, StatusMessage
 from hrvstream.store import Store
@@ -23,6 +24,10 @@ Assessment = Mapping[str, object]
 # An acknowledgement that cannot be done (unknown alert, acknowledged by someone else);
 # ``str(exc)`` is a message for the therapist.
 AlertActionError = _AlertActionError
+
+# Alert settings a therapist may not set (a key that is not theirs to change, a bad
+# value, values that do not fit together); ``str(exc)`` is a message for the therapist.
+AlertSettingsError = _AlertSettingsError
 
 
 @runtime_checkable
@@ -70,6 +75,34 @@ class DashboardSource(Protocol):
         ------
         AlertActionError
             Unknown alert of this patient, or already acknowledged.
+        """
+        ...
+
+    def alert_settings(self, patient: str) -> Mapping[str, object]:
+        """The alert settings a therapist may change, as they are now for ``patient``.
+
+        Keys: ``settings`` (``{"acute_enabled": bool, "raise_score": float,
+        "min_duration_s": float, "clear_score": float, "cooldown_s": float,
+        "trend_enabled": bool, "quiet_hours": "HH:MM-HH:MM" or "off", "timezone": str}``),
+        ``updated_by`` and ``updated_unix_s`` (who changed them last on the dashboard, and
+        when; ``None`` if nobody has).
+        """
+        ...
+
+    async def set_alert_settings(
+        self, patient: str, values: Mapping[str, object], by: str
+    ) -> Mapping[str, object]:
+        """Change some of ``patient``'s alert settings (saved, audited, in force at once).
+
+        ``values`` holds some of the keys of :meth:`alert_settings`' ``settings``
+        (``None``: back to the clinic's setting). Returns the settings now in force, as
+        :meth:`alert_settings`.
+
+        Raises
+        ------
+        AlertSettingsError
+            A key that may not be changed, a bad value, or values that do not fit
+            together; nothing is changed.
         """
         ...
 

@@ -3,11 +3,12 @@
 Each test runs a real aiohttp server on a free loopback port (``aiohttp.test_utils.
 TestServer``) with :func:`setup_dashboard` on a real :class:`SqliteStore` and real
 :class:`Accounts` in ``tmp_path``. The only stand-in is :class:`FakeSource`, the alert
-engine's side of :class:`DashboardSource` (statuses, assessments, open alerts and
-acknowledging). Nothing sleeps: live messages are pushed through ``hub.observe`` and read
-from the socket with a deadline; absence is shown by ordering (a message for the other
-patient is observed first, then one for the user's own; the first to arrive must be the
-user's own).
+engine's side of :class:`DashboardSource` (statuses, assessments, open alerts,
+acknowledging, and alert settings: checked by the real
+:func:`~hrvstream.alerts.config.therapist_config`, kept in memory). Nothing sleeps: live
+messages are pushed through ``hub.observe`` and read from the socket with a deadline;
+absence is shown by ordering (a message for the other patient is observed first, then one
+for the user's own; the first to arrive must be the user's own).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
+from hrvstream.adapters.alert_state import AlertStateError
 from hrvstream.adapters.sqlite_store import SqliteStore
+from hrvstream.alerts.config import AlertConfig, therapist_config, therapist_values
 from hrvstream.dashboard.accounts import LOGIN_FAILURE_LIMIT, Accounts
 from hrvstream.dashboard.app import (
     CONTENT_SECURITY_POLICY,
@@ -68,6 +71,10 @@ class FakeSource:
     assessments: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: list[AlertMessage] = field(default_factory=list)
     acks: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    #: Alert settings by patient: (therapist overrides, updated_unix_s, by).
+    settings: dict[str, tuple[dict[str, object], float, str]] = field(default_factory=dict)
+    settings_calls: list[tuple[str, dict[str, object], str]] = field(default_factory=list)
+    saving_fails: bool = False
 
     def statuses(self) -> Mapping[str, StatusMessage]:
         return self.status
@@ -102,6 +109,22 @@ class FakeSource:
                 self.alerts[i] = acked
                 return acked
         raise AlertActionError("No such alert for this patient.")
+
+    def alert_settings(self, patient: str) -> Mapping[str, object]:
+        overrides, t, by = self.settings.get(patient, ({}, None, None))
+        cfg, _ = therapist_config(AlertConfig(), overrides)
+        return {"settings": therapist_values(cfg), "updated_by": by, "updated_unix_s": t}
+
+    async def set_alert_settings(
+        self, patient: str, values: Mapping[str, object], by: str
+    ) -> Mapping[str, object]:
+        self.settings_calls.append((patient, dict(values), by))
+        current = self.settings.get(patient, ({}, 0.0, ""))[0]
+        _, overrides = therapist_config(AlertConfig(), current, values)
+        if self.saving_fails:
+            raise AlertStateError("/var/lib/hrvstream/alert-state.db: disk full")
+        self.settings[patient] = (overrides, time.time(), by)
+        return self.alert_settings(patient)
 
 
 # == the rig ==================================================================================
@@ -603,6 +626,101 @@ def test_ack_checks_the_note_and_the_alert(tmp_path: Path) -> None:
     go(body, tmp_path)
 
 
+# == alert settings ===========================================================================
+
+DEFAULT_SETTINGS = {
+    "acute_enabled": True,
+    "raise_score": 2.0,
+    "min_duration_s": 120.0,
+    "clear_score": 1.0,
+    "cooldown_s": 1800.0,
+    "trend_enabled": True,
+    "quiet_hours": "22:00-07:00",
+    "timezone": "UTC",
+}
+
+
+def test_alert_settings_are_read_and_changed_with_the_csrf_token(tmp_path: Path) -> None:
+    async def body(r: Rig) -> None:
+        c, csrf = await r.signed_in(ALICE)
+        url = f"/api/patients/{P_ALICE}/alert-settings"
+        resp = await c.get(url)
+        assert resp.status == 200
+        assert await resp.json() == {
+            "patient": P_ALICE,
+            "settings": DEFAULT_SETTINGS,
+            "updated_by": None,
+            "updated_unix_s": None,
+        }
+        change = {"raise_score": 2.6, "quiet_hours": "off"}
+        refused: list[dict[str, str]] = [
+            {},
+            {"X-CSRF-Token": "wrong"},
+            {"X-CSRF-Token": csrf, "Origin": "http://evil.example"},
+            {"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"},
+        ]
+        for headers in refused:
+            resp = await c.post(url, json=change, headers=headers)
+            assert resp.status == 403, headers
+        assert r.source.settings_calls == []
+        # What the page sends (Origin null under Referrer-Policy no-referrer).
+        page_headers = {"X-CSRF-Token": csrf, "Origin": "null", "Sec-Fetch-Site": "same-origin"}
+        before = time.time()
+        resp = await c.post(url, json=change, headers=page_headers)
+        assert resp.status == 200, await resp.text()
+        got = await resp.json()
+        assert got["patient"] == P_ALICE and got["updated_by"] == ALICE
+        assert got["updated_unix_s"] >= before
+        assert got["settings"] == DEFAULT_SETTINGS | change
+        assert r.source.settings_calls == [(P_ALICE, change, ALICE)]
+        assert await (await c.get(url)).json() == got
+        # An admin may change them too.
+        admin, admin_csrf = await r.signed_in(ADMIN)
+        resp = await admin.post(
+            url, json={"min_duration_s": 300}, headers={"X-CSRF-Token": admin_csrf}
+        )
+        assert resp.status == 200, await resp.text()
+        got = await resp.json()
+        assert got["updated_by"] == ADMIN
+        assert got["settings"] == DEFAULT_SETTINGS | change | {"min_duration_s": 300.0}
+        # Signed out: 401.
+        anonymous = await r.client()
+        assert (await anonymous.get(url)).status == 401
+        assert (await anonymous.post(url, json=change)).status == 401
+
+    go(body, tmp_path)
+
+
+def test_invalid_alert_settings_get_400_with_the_reason(tmp_path: Path) -> None:
+    async def body(r: Rig) -> None:
+        c, csrf = await r.signed_in(ALICE)
+        url = f"/api/patients/{P_ALICE}/alert-settings"
+        h = {"X-CSRF-Token": csrf}
+        for sent, says in (
+            ({"critical_score": 5}, "'critical_score' cannot be changed here"),
+            ({"raise_score": "high"}, "raise_score: expected a number"),
+            ({"clear_score": 2.0}, "clear_score (2) must be below raise_score (2)"),
+            ({"quiet_hours": "after dinner"}, "expected HH:MM-HH:MM"),
+            ({}, "no settings given"),
+        ):
+            resp = await c.post(url, json=sent, headers=h)
+            assert resp.status == 400, sent
+            assert says in (await resp.json())["error"], sent
+        for raw in (b"not json", b"[1, 2]", b"{" + b" " * 9000 + b"}"):
+            resp = await c.post(url, data=raw, headers=h | {"Content-Type": "application/json"})
+            assert resp.status == 400, raw[:10]
+        assert r.source.settings == {}
+        assert (await (await c.get(url)).json())["settings"] == DEFAULT_SETTINGS
+        # The state file cannot be written: 503, and nothing says it was saved.
+        r.source.saving_fails = True
+        resp = await c.post(url, json={"raise_score": 3.0}, headers=h)
+        assert resp.status == 503
+        assert "could not be saved" in (await resp.json())["error"]
+        assert r.source.settings == {}
+
+    go(body, tmp_path)
+
+
 # == who sees whom ============================================================================
 
 
@@ -620,7 +738,7 @@ def test_a_therapist_cannot_see_or_open_another_therapists_patient(tmp_path: Pat
             page = await c.get(f"/patients/{patient}")
             assert page.status == 404
             assert 'data-testid="not-found"' in await page.text()
-            for suffix in ("", "/metrics", "/beats", "/alerts"):
+            for suffix in ("", "/metrics", "/beats", "/alerts", "/alert-settings"):
                 resp = await c.get(f"/api/patients/{patient}{suffix}")
                 assert resp.status == 404, suffix
                 assert await resp.json() == {"error": "not found"}
@@ -628,7 +746,14 @@ def test_a_therapist_cannot_see_or_open_another_therapists_patient(tmp_path: Pat
                 f"/api/patients/{patient}/alerts/b-1/ack", json={}, headers={"X-CSRF-Token": csrf}
             )
             assert resp.status == 404
-        assert r.source.acks == []
+            resp = await c.post(
+                f"/api/patients/{patient}/alert-settings",
+                json={"raise_score": 3.0},
+                headers={"X-CSRF-Token": csrf},
+            )
+            assert resp.status == 404
+            assert await resp.json() == {"error": "not found"}
+        assert r.source.acks == [] and r.source.settings_calls == []
         assert (await c.get(f"/patients/{P_ALICE}")).status == 200
         # Nor by WebSocket: watching is refused, and nothing of the patient arrives.
         ws = await live(r, c)

@@ -16,7 +16,7 @@ test fails on any it did not provoke on purpose (a 401 or 404 it asked for).
 The screenshots linked from the README are written here, to ``docs/screenshots/``:
 ``login.png``, ``overview.png`` (live values and the open stress alert),
 ``patient.png`` and ``patient-tablet.png`` (768x1024) (charts drawn, the alert
-acknowledged in the history).
+acknowledged in the history, the alert settings panel).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from tests.dashboard.browser import (
 
 PATIENTS = ("p-calm-01", "p-stress-02", "p-noisy-03")
 STRESSED = "p-stress-02"
+CALM = "p-calm-01"
 SPEED = 60.0
 #: Session time; far more than the module needs (it stops the demo when it is done).
 DURATION_S = 4 * 3600.0
@@ -471,6 +472,67 @@ def test_the_patient_page_on_a_desktop_and_a_tablet(
         assert overflow <= 0, f"{name}: the page is {overflow} px wider than the screen"
         save_screenshot(page, name, full_page=True)
         assert watch.problems == []
+
+
+# == alert settings ===========================================================================
+
+
+def test_a_therapist_changes_a_patients_alert_settings(demo: DemoRun, new_page: OpenPage) -> None:
+    patient = CALM  # not the stress patient: the alert tests keep the clinic's settings
+    page, watch = new_page()
+    sign_in(page, demo, THERAPIST, PASSWORD, f"/patients/{patient}")
+    raise_score = page.get_by_test_id("settings-raise-score")
+    quiet_hours = page.get_by_test_id("settings-quiet-hours")
+    updated = page.get_by_test_id("settings-updated")
+    error = page.get_by_test_id("settings-error")
+    # The clinic's settings, loaded into the form (disabled until then).
+    expect(raise_score).to_be_enabled(timeout=UI_MS)
+    expect(raise_score).to_have_value("2")
+    expect(page.get_by_test_id("settings-min-duration")).to_have_value("2")  # minutes
+    expect(quiet_hours).to_have_value("22:00-07:00")
+    expect(page.get_by_test_id("settings-acute-enabled")).to_be_checked()
+    expect(page.get_by_test_id("settings-trend-enabled")).to_be_checked()
+    expect(updated).to_contain_text("clinic's settings")
+    expect(error).to_be_hidden()
+
+    url = f"/api/patients/{patient}/alert-settings"
+
+    def save() -> int:
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and urlsplit(r.url).path == url
+        ) as answer:
+            page.get_by_test_id("settings-save").click()
+        return answer.value.status
+
+    # A value the server refuses: its message, and nothing saved.
+    raise_score.fill("9")
+    assert save() == 400
+    watch.expect_http_error(url, 400)
+    expect(error).to_be_visible(timeout=UI_MS)
+    expect(error).to_contain_text("critical score")
+    expect(updated).to_contain_text("clinic's settings")
+
+    raise_score.fill("2.8")
+    quiet_hours.fill("off")
+    assert save() == 200
+    expect(updated).to_contain_text(f"changed by {THERAPIST}", timeout=UI_MS)
+    expect(error).to_be_hidden()
+    expect(page.get_by_test_id("settings-saved")).to_have_text("Saved.")
+
+    # Kept by the server: a reload shows them, and the API says the same.
+    page.reload()
+    expect(page.get_by_test_id("patient-title")).to_have_text(patient, timeout=UI_MS)
+    expect(raise_score).to_be_enabled(timeout=UI_MS)
+    expect(raise_score).to_have_value("2.8")
+    expect(quiet_hours).to_have_value("off")
+    expect(page.get_by_test_id("settings-acute-enabled")).to_be_checked()
+    expect(updated).to_contain_text(f"changed by {THERAPIST}")
+    answer = page.request.get(at(demo, url))
+    assert answer.status == 200
+    got = answer.json()
+    assert got["updated_by"] == THERAPIST
+    assert (got["settings"]["raise_score"], got["settings"]["quiet_hours"]) == (2.8, "off")
+    assert watch.problems == []
 
 
 # == who sees whom ============================================================================

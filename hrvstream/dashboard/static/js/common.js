@@ -36,6 +36,16 @@
  *       alert-time, alert-severity, alert-rule, alert-explanation, alert-details,
  *       alert-state, alert-ack-info (who acknowledged, when, the note),
  *       ack-form (only for open, unacknowledged alerts), ack-note, ack-button, ack-error
+ *     settings-form          the alert settings of the patient; inside:
+ *       settings-acute-enabled, settings-trend-enabled (checkboxes: the two rules),
+ *       settings-raise-score, settings-clear-score (stress scores),
+ *       settings-min-duration, settings-cooldown (minutes),
+ *       settings-quiet-hours ("HH:MM-HH:MM" or "off"), settings-timezone,
+ *       settings-save, settings-saved ("Saved." after a save),
+ *       settings-error         the server's (or the form's) message when refused
+ *     settings-updated       "last changed by <user>, <time>", or the clinic's settings
+ *                            (not changed for this patient); the form is disabled
+ *                            until the settings are loaded
  *   Admin page (/admin)
  *     admin-error, assign-form, assign-user, assign-patient, assign-button, users-table,
  *     user-<username>        one row; inside: user-role, user-patients,

@@ -1,5 +1,6 @@
 /* One patient: live vitals, RR tachogram, RMSSD and LF/HF trends with the baseline band,
- * alert history and acknowledgement (see common.js for test ids). */
+ * alert history and acknowledgement, the patient's alert settings (see common.js for
+ * test ids). */
 
 import {
   ApiError,
@@ -65,9 +66,13 @@ async function loadAlerts() {
   renderAlerts(data.alerts);
 }
 
+async function loadSettings() {
+  renderSettings(await api(`${base}/alert-settings`));
+}
+
 async function refreshAll() {
   try {
-    await Promise.all([loadSummary(), loadBeats(), loadMetrics(), loadAlerts()]);
+    await Promise.all([loadSummary(), loadBeats(), loadMetrics(), loadAlerts(), loadSettings()]);
     showLoadError(null);
   } catch (err) {
     if (err.status === 404) {
@@ -247,6 +252,89 @@ async function acknowledge(tr, alertId) {
   }
 }
 
+/* -- alert settings ----------------------------------------------------------------- */
+
+const settingsForm = byTestId(document, "settings-form");
+/* Each editable setting: its input and how it is shown ("min": seconds as minutes). */
+const settingFields = {
+  acute_enabled: { id: "settings-acute-enabled", kind: "bool" },
+  raise_score: { id: "settings-raise-score", kind: "number", label: "Raise at stress score" },
+  min_duration_s: { id: "settings-min-duration", kind: "min", label: "Held for" },
+  clear_score: { id: "settings-clear-score", kind: "number", label: "Resolves below score" },
+  cooldown_s: { id: "settings-cooldown", kind: "min", label: "Pause after an alert" },
+  trend_enabled: { id: "settings-trend-enabled", kind: "bool" },
+  quiet_hours: { id: "settings-quiet-hours", kind: "text" },
+  timezone: { id: "settings-timezone", kind: "text" },
+};
+let settingsEdited = false; // the therapist is changing the form: a re-fetch keeps it
+
+function renderSettings(data) {
+  setText(
+    byTestId(settingsForm.parentElement, "settings-updated"),
+    data.updated_by
+      ? `last changed by ${data.updated_by}, ${fmtDateTime(data.updated_unix_s)}`
+      : "the clinic's settings (not changed for this patient)",
+  );
+  if (settingsEdited) return;
+  for (const [key, f] of Object.entries(settingFields)) {
+    const el = byTestId(settingsForm, f.id);
+    const v = data.settings[key];
+    if (f.kind === "bool") el.checked = !!v;
+    else if (f.kind === "min") el.value = String(Math.round((v / 60) * 100) / 100);
+    else el.value = v == null ? "" : String(v);
+  }
+  settingsForm.querySelector("fieldset").disabled = false;
+}
+
+function readSettings() {
+  const values = {};
+  for (const [key, f] of Object.entries(settingFields)) {
+    const el = byTestId(settingsForm, f.id);
+    if (f.kind === "bool") {
+      values[key] = el.checked;
+    } else if (f.kind === "text") {
+      values[key] = el.value.trim();
+    } else {
+      const n = el.valueAsNumber; // NaN when empty or not a number
+      if (!isFinite(n)) throw new Error(`${f.label}: enter a number.`);
+      values[key] = f.kind === "min" ? Math.round(n * 60 * 1000) / 1000 : n;
+    }
+  }
+  return values;
+}
+
+async function saveSettings() {
+  const button = byTestId(settingsForm, "settings-save");
+  const errorEl = byTestId(settingsForm, "settings-error");
+  const savedEl = byTestId(settingsForm, "settings-saved");
+  errorEl.hidden = true;
+  setText(savedEl, "");
+  button.disabled = true;
+  try {
+    const data = await api(`${base}/alert-settings`, { method: "POST", body: readSettings() });
+    settingsEdited = false;
+    renderSettings(data);
+    setText(savedEl, "Saved.");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return;
+    errorEl.hidden = false;
+    setText(errorEl, err.message || "Could not save the settings.");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function setupSettings() {
+  settingsForm.addEventListener("input", () => {
+    settingsEdited = true;
+    setText(byTestId(settingsForm, "settings-saved"), "");
+  });
+  settingsForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    saveSettings();
+  });
+}
+
 /* -- live --------------------------------------------------------------------------- */
 
 function onMessage(msg) {
@@ -332,6 +420,7 @@ async function main() {
     return;
   }
   setupRanges();
+  setupSettings();
   const live = new LiveSocket({ onMessage, onOpen: refreshAll });
   live.watch(patient);
   live.connect();
