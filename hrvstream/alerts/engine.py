@@ -638,7 +638,12 @@ class AlertEngine:
             else "calm"
         )
         st.assessment = Assessment(
-            w.t_unix_s, state, "ok", _score_message(state, w, baseline, score), score, baseline
+            w.t_unix_s,
+            state,
+            "ok",
+            _score_message(state, w, baseline, score, cfg),
+            score,
+            baseline,
         )
         return Outcome(tuple(events), st.assessment, sample_added=added)
 
@@ -917,14 +922,22 @@ def _quality_message(quality: str, w: Window) -> str:
     return f"Data quality: {text}; not judged for stress."
 
 
-def _score_message(state: State, w: Window, b: Baseline, s: Score) -> str:
+def _score_message(state: State, w: Window, b: Baseline, s: Score, cfg: AlertConfig) -> str:
     assert w.rmssd_ms is not None and w.mean_hr_bpm is not None
     base_rmssd = math.exp(b.ln_rmssd.centre)
     pct = 100.0 * (w.rmssd_ms / base_rmssd - 1.0)
     words = {"calm": "Within baseline", "elevated": "Elevated", "stressed": "Stressed"}[state]
+    after = ""
+    if state == "stressed" and s.score < cfg.clear_score:
+        words = "Recovering"
+        after = (
+            f" The alert resolves after {cfg.clear_duration_s / 60:.0f} min below "
+            f"{cfg.clear_score:g}."
+        )
     return (
         f"{words} (score {s.score:.1f}): RMSSD {w.rmssd_ms:.0f} ms ({pct:+.0f}% vs "
         f"{base_rmssd:.0f} ms), HR {w.mean_hr_bpm:.0f} bpm (baseline {b.hr_bpm.centre:.0f})."
+        + after
     )
 
 
