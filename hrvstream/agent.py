@@ -183,6 +183,7 @@ class Agent:
         self.lost_beats = 0
         self.published = 0
         self.connected = asyncio.Event()
+        self._status_changed = asyncio.Event()
         self._acked = asyncio.Event()
         self._spool_full_logged = False
 
@@ -257,6 +258,9 @@ class Agent:
             self._contact = False
         elif event.kind is StrapEventKind.CONTACT_RESTORED:
             self._contact = True
+        else:
+            return
+        self._status_changed.set()  # tell the clinic now, not at the next status tick
 
     # -- status -----------------------------------------------------------------------
     def _status(self, state: str) -> bytes:
@@ -320,11 +324,18 @@ class Agent:
                 await asyncio.sleep(pause)
 
     async def _status_loop(self, pub: Publisher) -> None:
+        """The retained status: every ``status_every_s``, and soon after a strap connects
+        or its contact changes (at most one a second, so a flapping contact is cheap)."""
+        every = self.settings.status_every_s
         while True:
+            self._status_changed.clear()
             await pub.publish(
                 topic(self.settings.patient, "status"), self._status("online"), retain=True
             )
-            await asyncio.sleep(self.settings.status_every_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await self._status_changed.wait()
+                await asyncio.sleep(min(1.0, every))  # rate limit, not synchronisation
 
     async def _sender(self, stop: asyncio.Event) -> None:
         """Connect, send, and reconnect with backoff for as long as the agent runs."""

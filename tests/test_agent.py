@@ -32,6 +32,7 @@ from unittest import mock
 import aiomqtt
 import pytest
 
+from hrvstream.adapters.ble import StrapEvent, StrapEventKind
 from hrvstream.adapters.mqtt import BrokerAuthError, BrokerError, Publisher, parse_broker_url
 from hrvstream.adapters.spool import Spool
 from hrvstream.agent import _KNOWN, Agent, AgentSettings, load_agent_settings
@@ -298,6 +299,56 @@ def test_status_is_offline_after_a_clean_stop(hrv_broker: MosquittoBroker, tmp_p
         assert status.spool_pending == 0
         assert status.last_beat_unix_s is not None
         assert T_OFFSET + 50 <= status.last_beat_unix_s <= T_OFFSET + 70
+
+    run(body)
+
+
+def test_status_follows_the_strap_at_once(hrv_broker: MosquittoBroker, tmp_path: Path) -> None:
+    """Battery and contact reach the clinic when they change, not at the next status tick."""
+    records, _ = session(60)
+    settings = settings_for(hrv_broker, tmp_path / "spool.db", status_every_s=3600.0)
+    sources = Sources(records, speed=1.0)  # the strap keeps the session going meanwhile
+    handlers: list[Callable[[StrapEvent], None]] = []
+
+    def factory(target: str, **kw: Any) -> Any:
+        handlers.append(kw["on_event"])
+        return sources(target, **kw)
+
+    async def body() -> None:
+        async with observe(hrv_broker, ["hrv/v1/p1/status"]) as sub:
+            agent = Agent(settings, link_factory=factory, unix_offset_s=T_OFFSET)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            try:
+                await sub.wait(until=lambda ms: "online" in statuses(ms), timeout=STEP)
+                await sources.created.wait()
+                connected = StrapEvent(
+                    StrapEventKind.CONNECTED, 1.0, "strap-a", {"battery_pct": 77}
+                )
+                handlers[0](connected)
+
+                def battery(ms: list[aiomqtt.Message]) -> list[int | None]:
+                    out = []
+                    for m in of_kind(ms, "status"):
+                        msg = decode_message(payload(m), m.topic.value)
+                        assert isinstance(msg, StatusMessage)
+                        out.append(msg.battery_pct)
+                    return out
+
+                seen = await sub.wait(until=lambda ms: 77 in battery(ms), timeout=STEP)
+                assert 77 in battery(seen)  # long before the 3600-s tick
+                handlers[0](StrapEvent(StrapEventKind.CONTACT_LOST, 2.0, "strap-a"))
+                later = await sub.wait(
+                    until=lambda ms: any(
+                        getattr(decode_message(payload(m), m.topic.value), "contact", None) is False
+                        for m in of_kind(ms, "status")
+                    ),
+                    timeout=STEP,
+                )
+                assert len(of_kind(later, "status")) >= 3
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, STEP)
 
     run(body)
 
