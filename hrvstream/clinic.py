@@ -15,8 +15,7 @@
     cookie_secure = true             # behind an HTTPS reverse proxy (deployments: yes)
     idle_timeout_min = 30
 
-``HRVSTREAM_ALERTS_STATE_PATH``, ``HRVSTREAM_DASHBOARD_ENABLED``,
-``HRVSTREAM_DASHBOARD_ACCOUNTS`` and ``HRVSTREAM_DASHBOARD_COOKIE_SECURE`` override them.
+``HRVSTREAM_ALERTS_STATE_PATH`` and ``HRVSTREAM_DASHBOARD_<KEY>`` override them.
 """
 
 from __future__ import annotations
@@ -28,13 +27,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
 from hrvstream.alert_service import AlertService
 from hrvstream.alerts import AlertConfigSet
-from hrvstream.config import load_toml
+from hrvstream.config import get, load_toml, with_env
 from hrvstream.errors import ConfigError
 from hrvstream.protocol.messages import AlertMessage, StatusMessage
 from hrvstream.server import Server, ServerSettings, load_server_settings, run_until_signalled
@@ -46,11 +45,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_DASHBOARD_KEYS = {
-    "enabled": bool,
-    "accounts": str,
-    "cookie_secure": bool,
-    "idle_timeout_min": float,
+#: Keys of the sections this module reads (typed; ``HRVSTREAM_<SECTION>_<KEY>`` overrides).
+_KNOWN: Final[Mapping[str, Mapping[str, type]]] = {
+    "alerts": {"state_path": str},
+    "dashboard": {
+        "enabled": bool,
+        "accounts": str,
+        "cookie_secure": bool,
+        "idle_timeout_min": float,
+    },
 }
 
 
@@ -66,52 +69,33 @@ class ClinicSettings:
     idle_timeout_s: float = 1800.0
 
 
-def _env_bool(name: str, text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={text!r}: expected true or false")
-
-
 def load_clinic_settings(
     path: str | Path | None, env: Mapping[str, str] | None = None
 ) -> ClinicSettings:
     """Server, alert and dashboard settings from one TOML file plus ``HRVSTREAM_*``."""
     environ: Mapping[str, str] = os.environ if env is None else env
     server = load_server_settings(path, environ)
-    sections = load_toml(path)
-    alerts_section: dict[str, Any] = dict(sections.get("alerts", {}))
-    state_path = alerts_section.pop("state_path", None)
-    state_path = environ.get("HRVSTREAM_ALERTS_STATE_PATH", state_path)
+    c = with_env(load_toml(path), _KNOWN, environ)
+    alerts_section: dict[str, Any] = dict(c.get("alerts", {}))
+    alerts_section.pop("state_path", None)
+    state_path = get(c, "alerts", "state_path", str, None)
     alerts = AlertConfigSet.from_mapping(alerts_section)
 
-    dash: dict[str, Any] = dict(sections.get("dashboard", {}))
-    for key in dash:
-        if key not in _DASHBOARD_KEYS:
-            raise ConfigError(
-                f"[dashboard]: unknown key {key!r} (known: {', '.join(_DASHBOARD_KEYS)})"
-            )
-    accounts = environ.get("HRVSTREAM_DASHBOARD_ACCOUNTS", dash.get("accounts"))
-    enabled = dash.get("enabled", accounts is not None)
-    if "HRVSTREAM_DASHBOARD_ENABLED" in environ:
-        enabled = _env_bool("HRVSTREAM_DASHBOARD_ENABLED", environ["HRVSTREAM_DASHBOARD_ENABLED"])
-    secure = dash.get("cookie_secure", False)
-    if "HRVSTREAM_DASHBOARD_COOKIE_SECURE" in environ:
-        secure = _env_bool(
-            "HRVSTREAM_DASHBOARD_COOKIE_SECURE", environ["HRVSTREAM_DASHBOARD_COOKIE_SECURE"]
-        )
-    idle_min = dash.get("idle_timeout_min", 30.0)
-    if not isinstance(idle_min, int | float) or isinstance(idle_min, bool) or idle_min <= 0:
+    for key in c.get("dashboard", {}):
+        if key not in _KNOWN["dashboard"]:
+            known = ", ".join(_KNOWN["dashboard"])
+            raise ConfigError(f"[dashboard]: unknown key {key!r} (known: {known})")
+    accounts = get(c, "dashboard", "accounts", str, None)
+    enabled = get(c, "dashboard", "enabled", bool, accounts is not None)
+    secure = get(c, "dashboard", "cookie_secure", bool, False)
+    idle_min = get(c, "dashboard", "idle_timeout_min", float, 30.0)
+    if idle_min <= 0:
         raise ConfigError(f"[dashboard] idle_timeout_min must be a number > 0, got {idle_min!r}")
     if enabled and accounts is None:
         raise ConfigError(
             "[dashboard] accounts is not set: name the accounts file (created with "
             "'hrvstream users add NAME --accounts FILE'), or set enabled = false"
         )
-    if not isinstance(secure, bool):
-        raise ConfigError("[dashboard] cookie_secure must be true or false")
     return ClinicSettings(
         server=server,
         alerts=alerts,

@@ -87,7 +87,8 @@ def _convert(name: str, text: str, kind: type) -> Any:
             return [p.strip() for p in text.split(",") if p.strip()]
         return kind(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r}: expected a {kind.__name__}") from None
+        expected = "true or false" if kind is bool else f"a {kind.__name__}"
+        raise ConfigError(f"{name}={text!r}: expected {expected}") from None
 
 
 def get(
