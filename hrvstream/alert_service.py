@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -35,7 +36,7 @@ from pathlib import Path
 from hrvstream.adapters.alert_state import AlertStateError, AlertStateFile
 from hrvstream.alerts import AlertActionError, AlertConfigSet, AlertEngine, Window
 from hrvstream.alerts.config import AlertSettingsError, therapist_config, therapist_values
-from hrvstream.alerts.engine import RECENT_HR_S
+from hrvstream.alerts.engine import recent_hr_bpm
 from hrvstream.errors import HrvStreamError
 from hrvstream.protocol.messages import (
     AlertAckMessage,
@@ -136,8 +137,9 @@ class AlertService:
         beats = self._beats.get(patient)
         if not beats:
             return None
-        rr = [r for t, r in beats if t_unix_s - RECENT_HR_S < t <= t_unix_s]
-        return 60000.0 * len(rr) / sum(rr) if rr else None
+        t, rr = zip(*beats, strict=True)
+        hr = float(recent_hr_bpm(t, rr, [t_unix_s])[0])
+        return None if math.isnan(hr) else hr
 
     async def on_metrics(self, message: MetricsMessage) -> None:
         """Judge one stored window; store and publish the alert changes it causes."""

@@ -34,7 +34,7 @@ from hrvstream.adapters.ble import LinkSettings, StrapLink
 from hrvstream.adapters.mqtt import parse_broker_url
 from hrvstream.agent import Agent, AgentSettings
 from hrvstream.alert_service import AlertService
-from hrvstream.alerts import Window
+from hrvstream.alerts import Window, windows_from_analysis
 from hrvstream.clinic import build_clinic, dashboard_settings
 from hrvstream.hrv.engine import AnalysisConfig, analyze
 from hrvstream.pipeline import records_from_series
@@ -123,13 +123,12 @@ def seed_history(patients: Sequence[DemoPatient], now_unix_s: float) -> list[Win
                 exercise=(),
                 artifacts=ArtifactSpec(),  # earlier days: a well-fitted strap
             )
-            cols = analyze(
-                simulate_session(config).series, AnalysisConfig(window_s=300.0, step_s=5.0)
-            ).windows.columns
+            series = simulate_session(config).series
+            cols = analyze(series, AnalysisConfig(window_s=300.0, step_s=5.0)).windows.columns
             origin = now_unix_s - day * DAY_S
-            for i in range(len(cols["t_s"])):
-                row = {name: float(values[i]) for name, values in cols.items()}
-                out.append(Window.from_row(p.patient, f"history-{day}", origin, 300.0, row))
+            out += windows_from_analysis(
+                p.patient, f"history-{day}", origin, 300.0, cols, series.t_s, series.rr_ms
+            )
     return out
 
 

@@ -787,13 +787,6 @@ class AlertEngine:
             return []
         return self._trend(st, previous, w.t_unix_s, cfg)
 
-    def trend_status(self, patient: str) -> dict[str, float] | None:
-        """The trend rule's numbers for the last evaluated day (``None`` if not enough)."""
-        st = self._patients.get(patient)
-        if st is None or st.current_day is None:
-            return None
-        return _trend_numbers(st, st.current_day - 1, self.config.for_patient(patient))
-
     def _trend(self, st: PatientState, day: int, t: float, cfg: AlertConfig) -> list[AlertMessage]:
         nums = _trend_numbers(st, day, cfg)
         if nums is None:
@@ -1032,16 +1025,6 @@ def windows_from_analysis(
             Window.from_row(patient, session, origin_unix_s, window_s, row, float(recent[i]))
         )
     return out
-
-
-def with_config(engine: AlertEngine, config: AlertConfigSet) -> AlertEngine:
-    """A new engine with other settings and the same state (for a configuration reload)."""
-    new = AlertEngine(config)
-    for p in engine.patients():
-        data = engine.export_state(p)
-        if data is not None:
-            new.import_state(data)
-    return new
 
 
 __all__ = [
